@@ -1,0 +1,14 @@
+//! The chat domain: aggregates, commands, events, value types and their errors.
+//!
+//! Architecture invariant: this crate does no I/O. It knows nothing of sqlx, axum, lapin,
+//! redis or tokio, so every rule in it is testable with plain given/when/then tests.
+//!
+//! - [`ids`]: typed identifiers (`UserId`, `SessionId`).
+//! - [`account`]: the `Account` aggregate (registration, sessions, profile) and its values.
+//! - [`metadata`]: who and what caused an event (`actor_id`, `request_id`, `recorded_at`).
+
+pub mod account;
+pub mod ids;
+pub mod metadata;
+
+pub use ids::{SessionId, UserId};

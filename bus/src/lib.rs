@@ -1,1 +1,58 @@
-//! placeholder
+//! RabbitMQ: connections, the topology every role declares, the event message format, and the
+//! outbox relay that moves committed events from Postgres to the broker.
+//!
+//! - [`topology`]: exchange and queue names under the namespace, declared idempotently.
+//! - [`message`]: `EventMessage`, the one wire format of an event on the bus.
+//! - [`relay`]: `OutboxRelay`, publishing outbox rows with pipelined publisher confirms.
+//! - [`connect`]: a connection with a bounded timeout and a one-line error.
+
+pub mod message;
+pub mod relay;
+pub mod topology;
+
+use anyhow::Context;
+use lapin::{Connection, ConnectionProperties};
+use std::time::Duration;
+
+pub use message::EventMessage;
+pub use relay::{OutboxRelay, Processed, RelayOptions};
+pub use topology::Topology;
+
+/// Opens an AMQP connection, failing within `timeout` instead of hanging on a dead address.
+pub async fn connect(amqp_url: &str, connection_name: &str) -> anyhow::Result<Connection> {
+    let properties = ConnectionProperties::default().with_connection_name(connection_name.into());
+    let connecting = Connection::connect(amqp_url, properties);
+    let connection = tokio::time::timeout(Duration::from_secs(5), connecting)
+        .await
+        .map_err(|_| anyhow::anyhow!("timed out"))
+        .and_then(|result| result.map_err(anyhow::Error::from))
+        .with_context(|| format!("cannot connect to RabbitMQ at {}", store::redact(amqp_url)))?;
+    Ok(connection)
+}
+
+/// Exponential backoff for reconnect loops: 100 ms doubling up to 5 s.
+#[derive(Debug)]
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            next: Duration::from_millis(100),
+        }
+    }
+}
+
+impl Backoff {
+    /// The pause before the next attempt.
+    pub fn next_pause(&mut self) -> Duration {
+        let pause = self.next;
+        self.next = (self.next * 2).min(Duration::from_secs(5));
+        pause
+    }
+
+    pub fn reset(&mut self) {
+        self.next = Duration::from_millis(100);
+    }
+}

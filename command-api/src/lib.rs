@@ -1,1 +1,75 @@
-//! placeholder
+//! The command side of the REST API: every route that changes something. Handlers parse the
+//! body into domain values, let an aggregate decide, and answer with the new state and an
+//! `X-Consistency-Token`. Events reach the read models through the outbox, never from here.
+//!
+//! - [`auth`]: register, login, refresh, logout (`/api/v1/auth/*`).
+//! - [`profile`]: profile and password changes (`/api/v1/users/me`).
+//! - [`credentials`]: the command side's own tables: identities, password hashes, sessions
+//!   and refresh tokens.
+//! - [`passwords`]: Argon2id hashing, bounded so a login flood cannot exhaust memory.
+//! - [`login_limits`]: failed-login counters per account and per client address in Redis.
+
+pub mod auth;
+pub mod credentials;
+pub mod login_limits;
+pub mod passwords;
+pub mod profile;
+
+use axum::extract::FromRef;
+use domain::account::Account;
+use std::sync::Arc;
+use std::time::Duration;
+use store::AggregateStore;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use web::Authenticator;
+
+pub use login_limits::LoginLimits;
+pub use passwords::PasswordHasher;
+
+/// Everything the command handlers share.
+#[derive(Clone)]
+pub struct CommandState {
+    pub pool: sqlx::PgPool,
+    pub accounts: Arc<AggregateStore<Account>>,
+    pub authenticator: Arc<Authenticator>,
+    pub passwords: Arc<PasswordHasher>,
+    pub login_limits: LoginLimits,
+    pub refresh_token_lifetime: Duration,
+}
+
+impl FromRef<CommandState> for Arc<Authenticator> {
+    fn from_ref(state: &CommandState) -> Self {
+        state.authenticator.clone()
+    }
+}
+
+/// Every command route, with its OpenAPI description.
+pub fn router() -> OpenApiRouter<CommandState> {
+    OpenApiRouter::new()
+        .routes(routes!(auth::register))
+        .routes(routes!(auth::login))
+        .routes(routes!(auth::refresh))
+        .routes(routes!(auth::logout))
+        .routes(routes!(profile::update_profile))
+        .routes(routes!(profile::change_password))
+}
+
+/// The `User` representation of an account, from the aggregate's state.
+pub fn user_from_account(account: &Account, with_email: bool) -> Option<web::dto::User> {
+    Some(web::dto::User {
+        id: account.user_id?.as_uuid(),
+        username: account.username.as_ref()?.as_str().to_owned(),
+        display_name: account.display_name.as_ref()?.as_str().to_owned(),
+        bio: account.bio.as_ref().map(|bio| bio.as_str().to_owned()),
+        avatar: None,
+        online: false,
+        last_seen_at: None,
+        created_at: account.created_at?,
+        email: if with_email {
+            account.email.as_ref().map(|email| email.as_str().to_owned())
+        } else {
+            None
+        },
+    })
+}

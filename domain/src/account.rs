@@ -187,7 +187,7 @@ pub struct ProfileChanges {
     pub email: Option<Email>,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub enum AccountCommand {
     Register {
         user_id: UserId,

@@ -1,1 +1,283 @@
-//! placeholder
+//! The projector: consumes events from RabbitMQ and builds the Postgres read models.
+//!
+//! - [`Projector`]: the consumer. Manual acks; each batch is one transaction; an event is
+//!   applied exactly once per `(aggregate_type, aggregate_id, sequence)`; a redelivery is a
+//!   no-op; a gap in a stream is filled from the event store, never skipped. Tests drive it
+//!   with [`Projector::process_next_batch`].
+//! - [`views`]: what each event does to the read models.
+
+pub mod views;
+
+use bus::{Backoff, EventMessage, Processed, Topology};
+use futures::{FutureExt, StreamExt};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, Consumer};
+use sqlx::{PgPool, Postgres, Transaction};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Clone, Debug)]
+pub struct ProjectorOptions {
+    pub amqp_url: String,
+    pub topology: Topology,
+    /// The most events applied in one transaction (and the consumer prefetch).
+    pub batch_size: usize,
+    /// For crash tests: commit this many events of a batch, then fail before acking them.
+    pub crash_after: Option<usize>,
+}
+
+pub struct Projector {
+    pool: PgPool,
+    options: ProjectorOptions,
+    links: Option<Links>,
+}
+
+struct Links {
+    _connection: Connection,
+    channel: Channel,
+    consumer: Consumer,
+}
+
+/// What happened to one delivery inside the batch transaction.
+enum Outcome {
+    Applied,
+    Duplicate,
+    /// Could not be parsed: dead-letter it at once.
+    Unreadable,
+    /// Applying failed: requeue; after the delivery limit the broker dead-letters it.
+    Failed,
+}
+
+impl Projector {
+    pub fn new(pool: PgPool, options: ProjectorOptions) -> Self {
+        Self {
+            pool,
+            options,
+            links: None,
+        }
+    }
+
+    /// Waits up to `wait` for a delivery, then applies it and whatever else is already
+    /// buffered (up to the batch size) in one transaction, and acks them.
+    pub async fn process_next_batch(&mut self, wait: Duration) -> anyhow::Result<Processed> {
+        if self.links.is_none() {
+            self.links = Some(self.open_links().await?);
+        }
+        let result = self.process_with_links(wait).await;
+        if result.is_err() {
+            self.links = None;
+        }
+        result
+    }
+
+    async fn process_with_links(&mut self, wait: Duration) -> anyhow::Result<Processed> {
+        let Some(links) = self.links.as_mut() else {
+            return Ok(Processed::Idle);
+        };
+        let first = match tokio::time::timeout(wait, links.consumer.next()).await {
+            Err(_) => return Ok(Processed::Idle),
+            Ok(None) => anyhow::bail!("the broker closed the consumer"),
+            Ok(Some(delivery)) => delivery?,
+        };
+        let mut deliveries = vec![first];
+        while deliveries.len() < self.options.batch_size {
+            match links.consumer.next().now_or_never() {
+                Some(Some(delivery)) => deliveries.push(delivery?),
+                Some(None) => anyhow::bail!("the broker closed the consumer"),
+                None => break,
+            }
+        }
+
+        let mut transaction = self.pool.begin().await?;
+        let mut outcomes = Vec::with_capacity(deliveries.len());
+        for delivery in &deliveries {
+            let outcome = match serde_json::from_slice::<EventMessage>(&delivery.data) {
+                Err(error) => {
+                    tracing::error!(%error, "unreadable event message; dead-lettering it");
+                    Outcome::Unreadable
+                }
+                Ok(message) => apply_in_savepoint(&mut transaction, &message).await?,
+            };
+            outcomes.push(outcome);
+        }
+        transaction.commit().await?;
+
+        let applied = outcomes
+            .iter()
+            .filter(|outcome| matches!(outcome, Outcome::Applied))
+            .count();
+        if let Some(limit) = self.options.crash_after
+            && deliveries.len() > limit
+        {
+            anyhow::bail!("projector crashed on purpose after committing, before acking");
+        }
+        for (delivery, outcome) in deliveries.iter().zip(&outcomes) {
+            match outcome {
+                Outcome::Applied | Outcome::Duplicate => {
+                    delivery.acker.ack(BasicAckOptions::default()).await?;
+                }
+                Outcome::Unreadable => {
+                    delivery
+                        .acker
+                        .reject(BasicRejectOptions { requeue: false })
+                        .await?;
+                }
+                Outcome::Failed => {
+                    delivery
+                        .acker
+                        .nack(BasicNackOptions {
+                            multiple: false,
+                            requeue: true,
+                        })
+                        .await?;
+                }
+            }
+        }
+        metrics::counter!("chat_projector_applied_total").increment(applied as u64);
+        Ok(Processed::Events(deliveries.len()))
+    }
+
+    async fn open_links(&self) -> anyhow::Result<Links> {
+        let connection = bus::connect(&self.options.amqp_url, "chatd-projector").await?;
+        let channel = connection.create_channel().await?;
+        self.options.topology.declare(&channel).await?;
+        let prefetch = u16::try_from(self.options.batch_size).unwrap_or(u16::MAX);
+        channel
+            .basic_qos(prefetch, BasicQosOptions::default())
+            .await?;
+        let consumer = channel
+            .basic_consume(
+                self.options.topology.projector_queue().into(),
+                "chatd-projector".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(Links {
+            _connection: connection,
+            channel,
+            consumer,
+        })
+    }
+
+    /// Messages waiting in the projector queue, for metrics.
+    pub async fn queue_depth(&self) -> Option<u32> {
+        let links = self.links.as_ref()?;
+        Topology::queue_depth(&links.channel, &self.options.topology.projector_queue())
+            .await
+            .ok()
+    }
+
+    /// Projects until `shutdown`, reconnecting with backoff. On shutdown the batch in hand is
+    /// finished and acked before returning.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut backoff = Backoff::default();
+        let mut last_metrics = tokio::time::Instant::now();
+        while !shutdown.is_cancelled() {
+            match self.process_next_batch(Duration::from_millis(250)).await {
+                Ok(_) => backoff.reset(),
+                Err(error) => {
+                    tracing::warn!(error = %format!("{error:#}"), "projector failed; reconnecting");
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff.next_pause()) => {}
+                        () = shutdown.cancelled() => {}
+                    }
+                }
+            }
+            if last_metrics.elapsed() > Duration::from_secs(5) {
+                last_metrics = tokio::time::Instant::now();
+                if let Some(depth) = self.queue_depth().await {
+                    metrics::gauge!("chat_queue_depth", "queue" => "projector").set(depth);
+                }
+            }
+        }
+    }
+}
+
+/// Applies one event in a savepoint: a failure rolls back only this event.
+async fn apply_in_savepoint(
+    transaction: &mut Transaction<'_, Postgres>,
+    message: &EventMessage,
+) -> anyhow::Result<Outcome> {
+    let mut savepoint = sqlx::Acquire::begin(&mut **transaction).await?;
+    match apply_once(&mut savepoint, message).await {
+        Ok(outcome) => {
+            savepoint.commit().await?;
+            Ok(outcome)
+        }
+        Err(error) => {
+            tracing::error!(
+                error = %format!("{error:#}"),
+                aggregate_type = %message.aggregate_type,
+                aggregate_id = %message.aggregate_id,
+                sequence = message.sequence,
+                event_type = %message.event_type,
+                "applying an event failed; requeueing it"
+            );
+            savepoint.rollback().await?;
+            Ok(Outcome::Failed)
+        }
+    }
+}
+
+/// The exactly-once rule: skip what the stream position says is done, fill a gap from the
+/// event store, then apply and move the position, all in the caller's transaction.
+async fn apply_once(
+    transaction: &mut Transaction<'_, Postgres>,
+    message: &EventMessage,
+) -> anyhow::Result<Outcome> {
+    let applied: Option<i64> = sqlx::query_scalar(
+        "SELECT last_sequence FROM projection_positions
+          WHERE aggregate_type = $1 AND aggregate_id = $2 FOR UPDATE",
+    )
+    .bind(&message.aggregate_type)
+    .bind(&message.aggregate_id)
+    .fetch_optional(&mut **transaction)
+    .await?;
+    let last = applied.unwrap_or(0);
+    if message.sequence <= last {
+        return Ok(Outcome::Duplicate);
+    }
+    let mut to_apply = Vec::new();
+    if message.sequence > last + 1 {
+        let missing = EventMessage::load_range(
+            &mut **transaction,
+            &message.aggregate_type,
+            &message.aggregate_id,
+            last + 1,
+            message.sequence - 1,
+        )
+        .await?;
+        let expected = usize::try_from(message.sequence - 1 - last).unwrap_or(usize::MAX);
+        anyhow::ensure!(
+            missing.len() == expected,
+            "the event store lacks events {}..{} of this stream",
+            last + 1,
+            message.sequence - 1
+        );
+        to_apply.extend(missing);
+    }
+    to_apply.push(message.clone());
+    for event in &to_apply {
+        views::apply(transaction, event).await?;
+    }
+    let count = i64::try_from(to_apply.len()).unwrap_or(i64::MAX);
+    sqlx::query(
+        "INSERT INTO projection_positions (aggregate_type, aggregate_id, last_sequence, applied_count)
+         VALUES ($1, $2, $3, $4)
+         ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE
+            SET last_sequence = EXCLUDED.last_sequence,
+                applied_count = projection_positions.applied_count + EXCLUDED.applied_count,
+                updated_at = now()",
+    )
+    .bind(&message.aggregate_type)
+    .bind(&message.aggregate_id)
+    .bind(message.sequence)
+    .bind(count)
+    .execute(&mut **transaction)
+    .await?;
+    Ok(Outcome::Applied)
+}

@@ -1,1 +1,59 @@
-//! placeholder
+//! The query side of the REST API: reads the read models, never writes. Every response carries
+//! `X-Read-Model-Lag-Ms`; a request with `X-Consistency-Token` waits for that write first.
+//!
+//! - [`users`]: `GET /api/v1/users`, `/users/{id}`, `/users/me`.
+//! - [`read_consistency`]: the middleware that does the waiting and the lag header.
+
+pub mod users;
+
+use axum::extract::{FromRef, Request, State};
+use axum::http::{HeaderName, HeaderValue};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use std::sync::Arc;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use web::{Authenticator, consistency};
+
+#[derive(Clone)]
+pub struct QueryState {
+    pub pool: sqlx::PgPool,
+    pub authenticator: Arc<Authenticator>,
+}
+
+impl FromRef<QueryState> for Arc<Authenticator> {
+    fn from_ref(state: &QueryState) -> Self {
+        state.authenticator.clone()
+    }
+}
+
+/// Every query route, with its OpenAPI description. Install [`read_consistency`] around them.
+pub fn router() -> OpenApiRouter<QueryState> {
+    OpenApiRouter::new()
+        .routes(routes!(users::list_users))
+        .routes(routes!(users::me))
+        .routes(routes!(users::get_user))
+}
+
+/// Waits for the request's consistency token, runs the query, and reports the lag.
+pub async fn read_consistency(
+    State(state): State<QueryState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if let Err(error) = consistency::wait_for_request_token(&state.pool, request.headers()).await {
+        return error.into_response();
+    }
+    let mut response = next.run(request).await;
+    match store::projection::read_model_lag_ms(&state.pool).await {
+        Ok(lag) => {
+            response.headers_mut().insert(
+                HeaderName::from_static(consistency::READ_MODEL_LAG),
+                HeaderValue::from(lag),
+            );
+            metrics::gauge!("chat_read_model_lag_ms").set(lag as f64);
+        }
+        Err(error) => tracing::warn!(%error, "could not measure the read-model lag"),
+    }
+    response
+}

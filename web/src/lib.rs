@@ -1,1 +1,18 @@
-//! placeholder
+//! The HTTP edge shared by the API roles: problem+json errors, the JSON extractor that turns
+//! bad bodies into those errors, the authenticated-caller extractor, request ids, request
+//! metrics, consistency tokens and the wire representations (`User`, `Session`).
+//!
+//! - [`error`]: `ApiError`, the one error type every handler returns.
+//! - [`extract`]: `ApiJson` (strict JSON bodies) and `Caller` (a checked bearer token).
+//! - [`consistency`]: `X-Consistency-Token` encoding and the read-your-writes wait.
+//! - [`middleware`]: request ids, request metrics.
+//! - [`dto`]: wire types and the time format of the contract.
+
+pub mod consistency;
+pub mod dto;
+pub mod error;
+pub mod extract;
+pub mod middleware;
+
+pub use error::ApiError;
+pub use extract::{ApiJson, Authenticator, Caller, ClientAddress, RequestId};

@@ -1,0 +1,235 @@
+//! Startup and the life of a process: connect, migrate, build the router of the chosen roles,
+//! start the background loops, serve until the shutdown token fires, then drain.
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use base64::Engine;
+use command_api::{CommandState, LoginLimits, PasswordHasher};
+use domain::account::Account;
+use projector::{Projector, ProjectorOptions};
+use query_api::QueryState;
+use sessions::{JwtSecret, Revocations, Tokens};
+use socket_push::PushState;
+use sqlx::PgPool;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use store::AggregateStore;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use utoipa_axum::router::OpenApiRouter;
+use web::Authenticator;
+
+use crate::Settings;
+use crate::ops;
+
+/// Which roles this process plays.
+#[derive(Clone, Copy, Debug)]
+pub struct Roles {
+    pub command: bool,
+    pub query: bool,
+    pub projector: bool,
+    pub push: bool,
+}
+
+impl Roles {
+    pub const ALL: Self = Self {
+        command: true,
+        query: true,
+        projector: true,
+        push: true,
+    };
+
+    pub const NONE: Self = Self {
+        command: false,
+        query: false,
+        projector: false,
+        push: false,
+    };
+}
+
+/// A started process: its connections and the tasks it runs.
+pub struct App {
+    pub settings: Settings,
+    pub roles: Roles,
+    pub pool: PgPool,
+    pub authenticator: Arc<Authenticator>,
+    pub redis: redis::aio::ConnectionManager,
+}
+
+impl App {
+    /// Connects to every dependency (a one-line error naming the one that fails), applies
+    /// migrations when `migrate` is set, and loads the signing secret.
+    pub async fn start(settings: Settings, roles: Roles, migrate: bool) -> anyhow::Result<Self> {
+        if migrate {
+            store::create_database_if_missing(&settings.database_url).await?;
+        }
+        let pool = store::connect(&settings.database_url, settings.db_max_connections).await?;
+        if migrate {
+            store::migrate(&pool).await?;
+        }
+        let redis = sessions::redis_connect(&settings.redis_url).await?;
+        // Fail at start, not at the first event, when the broker is away; and declare the
+        // topology so that nothing published is unroutable.
+        let amqp = bus::connect(&settings.amqp_url, "chatd-startup").await?;
+        let channel = amqp.create_channel().await.context("opening a RabbitMQ channel")?;
+        bus::Topology::new(&settings.namespace)
+            .declare(&channel)
+            .await
+            .context("declaring the RabbitMQ topology")?;
+        let _ = amqp.close(200, "startup check done".into()).await;
+
+        let secret = jwt_secret(&settings, &pool, migrate).await?;
+        let lifetime = Duration::from_secs(settings.access_token_ttl_secs);
+        let tokens = Tokens::new(&secret, &settings.jwt_issuer, &settings.jwt_audience, lifetime);
+        let revocations = Revocations::new(redis.clone(), pool.clone(), &settings.namespace, lifetime);
+        let authenticator = Arc::new(Authenticator { tokens, revocations });
+        Ok(Self {
+            settings,
+            roles,
+            pool,
+            authenticator,
+            redis,
+        })
+    }
+
+    /// The HTTP routes of this process's roles, plus health, metrics and docs.
+    pub fn router(&self) -> anyhow::Result<Router> {
+        let mut router = Router::new();
+        if self.roles.command {
+            let mut login_limits = LoginLimits::new(self.redis.clone(), &self.settings.namespace);
+            login_limits.per_account = self.settings.login_failures_per_account;
+            login_limits.per_address = self.settings.login_failures_per_address;
+            let state = CommandState {
+                pool: self.pool.clone(),
+                accounts: Arc::new(AggregateStore::<Account>::new(self.pool.clone())),
+                authenticator: self.authenticator.clone(),
+                passwords: Arc::new(PasswordHasher::new(self.settings.password_hash_concurrency)?),
+                login_limits,
+                refresh_token_lifetime: Duration::from_secs(self.settings.refresh_token_ttl_secs),
+            };
+            let (routes, _) = command_api::router().split_for_parts();
+            router = router.merge(routes.with_state(state));
+        }
+        if self.roles.query {
+            let state = QueryState {
+                pool: self.pool.clone(),
+                authenticator: self.authenticator.clone(),
+            };
+            let (routes, _) = query_api::router().split_for_parts();
+            let routes = routes.layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                query_api::read_consistency,
+            ));
+            router = router.merge(routes.with_state(state));
+        }
+        if self.roles.push {
+            let state = PushState {
+                authenticator: self.authenticator.clone(),
+                allowed_origins: Arc::new(
+                    self.settings
+                        .allowed_origins
+                        .iter()
+                        .filter(|origin| !origin.is_empty())
+                        .cloned()
+                        .collect(),
+                ),
+            };
+            router = router.merge(socket_push::router().with_state(state));
+        }
+        let ops_state = ops::OpsState {
+            pool: self.pool.clone(),
+            redis: self.redis.clone(),
+            amqp_url: self.settings.amqp_url.clone(),
+            namespace: self.settings.namespace.clone(),
+            metrics: ops::metrics_handle(),
+        };
+        Ok(router
+            .merge(ops::router(ops_state, openapi()))
+            .layer(axum::middleware::from_fn(web::middleware::metrics))
+            .layer(axum::middleware::from_fn(web::middleware::request_id))
+            .layer(DefaultBodyLimit::max(self.settings.max_json_bytes)))
+    }
+
+    /// Serves on `listener` and runs this process's background loops until `shutdown` fires;
+    /// then stops accepting, finishes in-flight requests and batches, and returns.
+    pub async fn run(self, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let router = self.router()?;
+        let mut loops = tokio::task::JoinSet::new();
+        let topology = bus::Topology::new(&self.settings.namespace);
+        if self.roles.command {
+            let relay = bus::OutboxRelay::new(bus::RelayOptions {
+                database_url: self.settings.database_url.clone(),
+                amqp_url: self.settings.amqp_url.clone(),
+                topology: topology.clone(),
+                batch_size: 500,
+                crash_after: None,
+            });
+            loops.spawn(relay.run(self.pool.clone(), shutdown.clone()));
+        }
+        if self.roles.projector {
+            let projector = Projector::new(
+                self.pool.clone(),
+                ProjectorOptions {
+                    amqp_url: self.settings.amqp_url.clone(),
+                    topology,
+                    batch_size: 256,
+                    crash_after: None,
+                },
+            );
+            loops.spawn(projector.run(shutdown.clone()));
+        }
+        let address = listener.local_addr()?;
+        tracing::info!(%address, roles = ?self.roles, "chatd listening");
+        let server = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let served = server.await.context("serving HTTP");
+        shutdown.cancel();
+        while loops.join_next().await.is_some() {}
+        tracing::info!("chatd stopped");
+        served
+    }
+}
+
+/// The OpenAPI document of every REST route, whatever roles this process plays.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let (_, commands) = command_api::router().split_for_parts();
+    let (_, queries) = query_api::router().split_for_parts();
+    let (_, operations) = OpenApiRouter::<ops::OpsState>::with_openapi(ops::ApiDoc::openapi_base())
+        .routes(utoipa_axum::routes!(ops::healthz))
+        .routes(utoipa_axum::routes!(ops::readyz))
+        .split_for_parts();
+    let mut document = operations;
+    document.merge(commands);
+    document.merge(queries);
+    document
+}
+
+/// The configured secret, or in `serve` a generated one kept in the database.
+async fn jwt_secret(settings: &Settings, pool: &PgPool, may_generate: bool) -> anyhow::Result<JwtSecret> {
+    if let Some(secret) = &settings.jwt_secret {
+        anyhow::ensure!(secret.len() >= 32, "CHAT_JWT_SECRET must be at least 32 bytes");
+        return Ok(JwtSecret::new(secret.as_bytes().to_vec()));
+    }
+    anyhow::ensure!(may_generate, "CHAT_JWT_SECRET is required for the split roles");
+    let mut bytes = [0u8; 48];
+    rand::fill(&mut bytes);
+    let candidate = base64::engine::general_purpose::STANDARD.encode(bytes);
+    let stored: String = sqlx::query_scalar(
+        "INSERT INTO server_settings (key, value) VALUES ('jwt_secret', $1)
+         ON CONFLICT (key) DO UPDATE SET key = EXCLUDED.key RETURNING value",
+    )
+    .bind(&candidate)
+    .fetch_one(pool)
+    .await
+    .context("loading the generated JWT secret")?;
+    tracing::warn!(
+        "CHAT_JWT_SECRET is not set: using a generated secret kept in the database. \
+         Set CHAT_JWT_SECRET before running split roles or going to production."
+    );
+    Ok(JwtSecret::new(stored.into_bytes()))
+}

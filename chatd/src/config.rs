@@ -1,0 +1,84 @@
+//! The command line and the one typed configuration of the binary. Every setting has a flag
+//! and an environment variable; nothing below `main` reads the environment.
+
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+
+#[derive(Debug, Parser)]
+#[command(name = "chatd", version, about = "Event-sourced real-time chat backend")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Every role in one process, every route on one listener; applies migrations at start.
+    Serve(Settings),
+    /// The write side: command routes and the outbox relay.
+    CommandApi(Settings),
+    /// The read side: query routes.
+    QueryApi(Settings),
+    /// Builds the read models from the event bus.
+    Projector(Settings),
+    /// The WebSocket edge.
+    SocketPush(Settings),
+    /// Applies pending database migrations and exits.
+    Migrate(Settings),
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct Settings {
+    /// Postgres connection URL.
+    #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/chat")]
+    pub database_url: String,
+    /// Redis connection URL.
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+    /// RabbitMQ connection URL.
+    #[arg(long, env = "AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    pub amqp_url: String,
+    /// Listen address.
+    #[arg(long, env = "CHAT_BIND", default_value = "127.0.0.1:8080")]
+    pub bind: SocketAddr,
+    /// Prefix of every broker object and Redis key.
+    #[arg(long, env = "CHAT_NAMESPACE", default_value = "chat")]
+    pub namespace: String,
+    /// HS256 signing secret shared by every role (at least 32 bytes). Required for the split
+    /// roles; `serve` without it generates one, keeps it in the database and warns.
+    #[arg(long, env = "CHAT_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Comma-separated WebSocket origin allow-list (requests without Origin are allowed).
+    #[arg(long, env = "CHAT_ALLOWED_ORIGINS", value_delimiter = ',', default_value = "")]
+    pub allowed_origins: Vec<String>,
+    /// Access-token lifetime in seconds.
+    #[arg(long, env = "CHAT_ACCESS_TOKEN_TTL_SECS", default_value_t = 900)]
+    pub access_token_ttl_secs: u64,
+    /// Refresh-token lifetime in seconds.
+    #[arg(long, env = "CHAT_REFRESH_TOKEN_TTL_SECS", default_value_t = 30 * 24 * 3600)]
+    pub refresh_token_ttl_secs: u64,
+    /// `iss` of issued tokens.
+    #[arg(long, env = "CHAT_JWT_ISSUER", default_value = "chatd")]
+    pub jwt_issuer: String,
+    /// `aud` of issued tokens.
+    #[arg(long, env = "CHAT_JWT_AUDIENCE", default_value = "chatd-clients")]
+    pub jwt_audience: String,
+    /// Postgres connections per process.
+    #[arg(long, env = "CHAT_DB_MAX_CONNECTIONS", default_value_t = 20)]
+    pub db_max_connections: u32,
+    /// Password hashes computed at once (each takes 19 MiB).
+    #[arg(long, env = "CHAT_PASSWORD_HASH_CONCURRENCY", default_value_t = 4)]
+    pub password_hash_concurrency: usize,
+    /// Failed logins per account within the window before 429.
+    #[arg(long, env = "CHAT_LOGIN_FAILURES_PER_ACCOUNT", default_value_t = 5)]
+    pub login_failures_per_account: u32,
+    /// Failed logins per client address within the window before 429.
+    #[arg(long, env = "CHAT_LOGIN_FAILURES_PER_ADDRESS", default_value_t = 20)]
+    pub login_failures_per_address: u32,
+    /// Largest JSON request body in bytes.
+    #[arg(long, env = "CHAT_MAX_JSON_BYTES", default_value_t = 64 * 1024)]
+    pub max_json_bytes: usize,
+    /// Log format: `text` or `json`.
+    #[arg(long, env = "CHAT_LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+}

@@ -1,0 +1,14 @@
+//! `chatd`: the one binary. `main` parses the command line and calls [`run`]; everything else
+//! is here so tests can start any role in-process on port 0.
+//!
+//! - [`config`]: the command line and `Settings`.
+//! - [`app`]: startup (connections, migrations, secrets), the router of each role, background
+//!   loops, graceful shutdown.
+//! - [`ops`]: health, readiness, metrics, OpenAPI and the API reference page.
+
+pub mod app;
+pub mod config;
+pub mod ops;
+
+pub use app::{App, Roles};
+pub use config::{Cli, Command, Settings};

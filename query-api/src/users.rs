@@ -1,0 +1,132 @@
+//! User reads.
+
+use axum::extract::{Path, Query, State};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use utoipa::IntoParams;
+use uuid::Uuid;
+use web::dto::{Page, User};
+use web::{ApiError, Caller};
+
+use crate::QueryState;
+
+#[derive(sqlx::FromRow)]
+struct UserRow {
+    id: Uuid,
+    username: String,
+    email: String,
+    display_name: String,
+    bio: Option<String>,
+    created_at: DateTime<Utc>,
+}
+
+impl UserRow {
+    fn into_user(self, with_email: bool) -> User {
+        User {
+            id: self.id,
+            username: self.username,
+            display_name: self.display_name,
+            bio: self.bio,
+            avatar: None,
+            online: false,
+            last_seen_at: None,
+            created_at: self.created_at,
+            email: with_email.then_some(self.email),
+        }
+    }
+}
+
+const COLUMNS: &str = "id, username, email, display_name, bio, created_at";
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListUsersQuery {
+    /// Prefix of the username or the display name (case-insensitive).
+    pub q: Option<String>,
+    /// 1 to 200, default 50.
+    pub limit: Option<i64>,
+    pub cursor: Option<String>,
+}
+
+/// GET /api/v1/users
+#[utoipa::path(get, path = "/api/v1/users", tag = "users", params(ListUsersQuery),
+    responses((status = 200, body = Page<User>)), security(("bearer" = [])))]
+pub async fn list_users(
+    State(state): State<QueryState>,
+    _caller: Caller,
+    query: Result<Query<ListUsersQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<axum::Json<Page<User>>, ApiError> {
+    let Query(query) = query.map_err(|rejection| ApiError::bad_request("invalid_query", rejection.body_text()))?;
+    let limit = match query.limit {
+        None => 50,
+        Some(limit) if (1..=200).contains(&limit) => limit,
+        Some(_) => return Err(ApiError::bad_request("invalid_limit", "limit must be 1 to 200")),
+    };
+    let after = match &query.cursor {
+        None => String::new(),
+        Some(cursor) => URL_SAFE_NO_PAD
+            .decode(cursor)
+            .ok()
+            .and_then(|bytes| String::from_utf8(bytes).ok())
+            .ok_or_else(|| ApiError::bad_request("invalid_cursor", "cursor is not one this server issued"))?,
+    };
+    let pattern = format!("{}%", escape_like(&query.q.unwrap_or_default().trim().to_lowercase()));
+    let rows: Vec<UserRow> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM users
+          WHERE (username LIKE $1 OR display_name_lower LIKE $1) AND username > $2
+          ORDER BY username LIMIT $3"
+    ))
+    .bind(&pattern)
+    .bind(&after)
+    .bind(limit + 1)
+    .fetch_all(&state.pool)
+    .await?;
+    let has_more = rows.len() as i64 > limit;
+    let items: Vec<User> = rows
+        .into_iter()
+        .take(limit as usize)
+        .map(|row| row.into_user(false))
+        .collect();
+    let next_cursor = has_more
+        .then(|| items.last().map(|user| URL_SAFE_NO_PAD.encode(&user.username)))
+        .flatten();
+    Ok(axum::Json(Page { items, next_cursor }))
+}
+
+/// GET /api/v1/users/me
+#[utoipa::path(get, path = "/api/v1/users/me", tag = "users",
+    responses((status = 200, body = User)), security(("bearer" = [])))]
+pub async fn me(State(state): State<QueryState>, caller: Caller) -> Result<axum::Json<User>, ApiError> {
+    find_user(&state, caller.user_id, true).await
+}
+
+/// GET /api/v1/users/{user_id}
+#[utoipa::path(get, path = "/api/v1/users/{user_id}", tag = "users",
+    params(("user_id" = Uuid, Path)),
+    responses((status = 200, body = User), (status = 404)), security(("bearer" = [])))]
+pub async fn get_user(
+    State(state): State<QueryState>,
+    caller: Caller,
+    Path(user_id): Path<String>,
+) -> Result<axum::Json<User>, ApiError> {
+    let user_id: Uuid = user_id.parse().map_err(|_| not_found())?;
+    find_user(&state, user_id, user_id == caller.user_id).await
+}
+
+async fn find_user(state: &QueryState, user_id: Uuid, with_email: bool) -> Result<axum::Json<User>, ApiError> {
+    let row: Option<UserRow> = sqlx::query_as(&format!("SELECT {COLUMNS} FROM users WHERE id = $1"))
+        .bind(user_id)
+        .fetch_optional(&state.pool)
+        .await?;
+    row.map(|row| axum::Json(row.into_user(with_email))).ok_or_else(not_found)
+}
+
+fn not_found() -> ApiError {
+    ApiError::not_found("user_not_found", "no such user")
+}
+
+fn escape_like(text: &str) -> String {
+    text.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")
+}

@@ -1,0 +1,162 @@
+//! Running commands: load the aggregate, let it decide, commit its events with metadata.
+//!
+//! We drive cqrs-es's `EventStore` directly instead of `CqrsFramework::execute`, because the
+//! caller needs what was committed (the new stream position for the consistency token, and
+//! the aggregate state to answer with) and `execute` returns nothing. Queries are not run
+//! in-process: the outbox and the projector do that job durably.
+
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::persist::PersistedEventStore;
+use cqrs_es::{Aggregate, AggregateError, EventStore};
+use domain::metadata::EventMetadata;
+use postgres_es::PostgresEventRepository;
+use sqlx::PgPool;
+
+/// How often a command is decided again after losing an optimistic-concurrency race.
+const CONFLICT_RETRIES: usize = 20;
+
+/// Where a stream stood after a command: the projector has caught up with the command once it
+/// has applied `sequence` of this stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamPosition {
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    pub sequence: i64,
+}
+
+/// What one command committed.
+#[derive(Debug)]
+pub struct Committed<A: Aggregate> {
+    /// The aggregate after the command.
+    pub aggregate: A,
+    pub events: Vec<A::Event>,
+    /// The stream's position after the command (unchanged if it emitted nothing).
+    pub position: StreamPosition,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExecuteError<E: std::error::Error> {
+    /// The aggregate refused the command.
+    #[error(transparent)]
+    Domain(E),
+    /// The event store failed (unreachable, or the stream is unreadable).
+    #[error("event store: {0}")]
+    Store(String),
+}
+
+/// The event store for one aggregate type.
+pub struct AggregateStore<A: Aggregate> {
+    store: PersistedEventStore<PostgresEventRepository, A>,
+}
+
+impl<A> AggregateStore<A>
+where
+    A: Aggregate + Clone,
+    A::Command: Clone,
+{
+    pub fn new(pool: PgPool) -> Self {
+        let repository = PostgresEventRepository::new(pool);
+        Self {
+            store: PersistedEventStore::new_event_store(repository),
+        }
+    }
+
+    /// Decides `command` on the current state and commits the events. A concurrent writer to
+    /// the same stream makes the commit fail on the primary key; the command is then decided
+    /// again on the new state, so callers never see the conflict.
+    pub async fn execute(
+        &self,
+        aggregate_id: &str,
+        command: A::Command,
+        services: &A::Services,
+        metadata: &EventMetadata,
+    ) -> Result<Committed<A>, ExecuteError<A::Error>> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self
+                .try_execute(aggregate_id, command.clone(), services, metadata)
+                .await
+            {
+                Err(Attempt::Conflict) if attempt < CONFLICT_RETRIES => continue,
+                Err(Attempt::Conflict) => {
+                    return Err(ExecuteError::Store(format!(
+                        "{} {aggregate_id}: still conflicting after {attempt} attempts",
+                        A::TYPE
+                    )));
+                }
+                Err(Attempt::Failed(error)) => return Err(error),
+                Ok(committed) => return Ok(committed),
+            }
+        }
+    }
+
+    async fn try_execute(
+        &self,
+        aggregate_id: &str,
+        command: A::Command,
+        services: &A::Services,
+        metadata: &EventMetadata,
+    ) -> Result<Committed<A>, Attempt<A::Error>> {
+        let mut context = self
+            .store
+            .load_aggregate(aggregate_id)
+            .await
+            .map_err(Attempt::from_aggregate_error)?;
+        let sequence_before = context.current_sequence;
+        let sink: EventSink<A> = EventSink::default();
+        context
+            .aggregate
+            .handle(command, services, &sink)
+            .await
+            .map_err(|error| Attempt::Failed(ExecuteError::Domain(error)))?;
+        let events = sink.collect().await;
+        let aggregate = context.aggregate.clone();
+        let position = StreamPosition {
+            aggregate_type: A::TYPE.to_owned(),
+            aggregate_id: aggregate_id.to_owned(),
+            sequence: i64::try_from(sequence_before + events.len()).unwrap_or(i64::MAX),
+        };
+        if events.is_empty() {
+            return Ok(Committed {
+                aggregate,
+                events,
+                position,
+            });
+        }
+        self.store
+            .commit(events.clone(), context, metadata.to_map())
+            .await
+            .map_err(Attempt::from_aggregate_error)?;
+        Ok(Committed {
+            aggregate,
+            events,
+            position,
+        })
+    }
+
+    /// The current state of one aggregate, `None` when its stream is empty.
+    pub async fn load(&self, aggregate_id: &str) -> Result<Option<A>, ExecuteError<A::Error>> {
+        let context = self
+            .store
+            .load_aggregate(aggregate_id)
+            .await
+            .map_err(|error| ExecuteError::Store(error.to_string()))?;
+        Ok((context.current_sequence > 0).then_some(context.aggregate))
+    }
+}
+
+enum Attempt<E: std::error::Error> {
+    Conflict,
+    Failed(ExecuteError<E>),
+}
+
+impl<E: std::error::Error> Attempt<E> {
+    fn from_aggregate_error(error: AggregateError<E>) -> Self {
+        match error {
+            AggregateError::AggregateConflict => Self::Conflict,
+            AggregateError::UserError(error) => Self::Failed(ExecuteError::Domain(error)),
+            other => Self::Failed(ExecuteError::Store(other.to_string())),
+        }
+    }
+}

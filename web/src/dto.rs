@@ -1,0 +1,74 @@
+//! Wire representations shared by the roles, and the contract's time format: RFC 3339, UTC,
+//! millisecond precision.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize, Serializer};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// Serializes a time as `2026-11-24T10:00:00.123Z`.
+pub fn rfc3339_millis<S: Serializer>(time: &DateTime<Utc>, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&time.to_rfc3339_opts(SecondsFormat::Millis, true))
+}
+
+/// Like [`rfc3339_millis`], for optional times.
+pub fn rfc3339_millis_option<S: Serializer>(
+    time: &Option<DateTime<Utc>>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match time {
+        Some(time) => rfc3339_millis(time, serializer),
+        None => serializer.serialize_none(),
+    }
+}
+
+/// An uploaded image (filled in by the media feature; `null` until then).
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct Media {
+    pub id: Uuid,
+    pub content_type: String,
+    pub size: i64,
+    pub width: i32,
+    pub height: i32,
+    pub url: String,
+    pub thumbnail_url: String,
+    #[serde(serialize_with = "rfc3339_millis")]
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct User {
+    pub id: Uuid,
+    pub username: String,
+    pub display_name: String,
+    pub bio: Option<String>,
+    pub avatar: Option<Media>,
+    pub online: bool,
+    #[serde(serialize_with = "rfc3339_millis_option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub last_seen_at: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "rfc3339_millis")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: DateTime<Utc>,
+    /// Only on the caller's own account (`GET /users/me` and session responses).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct Session {
+    pub user: User,
+    pub access_token: String,
+    /// Always `Bearer`.
+    pub token_type: &'static str,
+    /// Seconds until the access token expires.
+    pub expires_in: u64,
+    pub refresh_token: String,
+}
+
+/// A keyset-paginated list.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct Page<T: ToSchema> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
+}

@@ -11,8 +11,8 @@
 //! - Confirms are pipelined: a whole batch is published, then its confirms awaited together.
 
 use futures::future::join_all;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::Confirmation;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection};
 use sqlx::postgres::PgListener;
@@ -52,7 +52,7 @@ pub struct OutboxRelay {
 /// The live connections; dropped as a whole on any error and rebuilt on the next batch.
 struct Links {
     database: PgConnection,
-    _amqp: Connection,
+    amqp: Connection,
     channel: Channel,
 }
 
@@ -74,9 +74,12 @@ impl OutboxRelay {
             }
         }
         let result = self.publish_with_links().await;
-        if result.is_err() {
+        if result.is_err()
+            && let Some(links) = self.links.take()
+        {
             // Whatever broke, start again from fresh connections (and re-take the lock).
-            self.links = None;
+            let _ = links.amqp.close(320, "relay restarting".into()).await;
+            let _ = links.database.close().await;
         }
         result
     }
@@ -153,6 +156,7 @@ impl OutboxRelay {
             .fetch_one(&mut database)
             .await?;
         if !leader {
+            tracing::debug!("another outbox relay holds the lock");
             return Ok(None);
         }
         let amqp = crate::connect(&self.options.amqp_url, "chatd-relay").await?;
@@ -161,9 +165,10 @@ impl OutboxRelay {
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
+        tracing::info!("outbox relay connected; this process publishes");
         Ok(Some(Links {
             database,
-            _amqp: amqp,
+            amqp,
             channel,
         }))
     }

@@ -28,6 +28,8 @@ use crate::ops;
 #[derive(Clone, Copy, Debug)]
 pub struct Roles {
     pub command: bool,
+    /// The outbox relay (runs with the command role in every deployment; tests drive it).
+    pub relay: bool,
     pub query: bool,
     pub projector: bool,
     pub push: bool,
@@ -36,6 +38,7 @@ pub struct Roles {
 impl Roles {
     pub const ALL: Self = Self {
         command: true,
+        relay: true,
         query: true,
         projector: true,
         push: true,
@@ -43,6 +46,7 @@ impl Roles {
 
     pub const NONE: Self = Self {
         command: false,
+        relay: false,
         query: false,
         projector: false,
         push: false,
@@ -73,7 +77,10 @@ impl App {
         // Fail at start, not at the first event, when the broker is away; and declare the
         // topology so that nothing published is unroutable.
         let amqp = bus::connect(&settings.amqp_url, "chatd-startup").await?;
-        let channel = amqp.create_channel().await.context("opening a RabbitMQ channel")?;
+        let channel = amqp
+            .create_channel()
+            .await
+            .context("opening a RabbitMQ channel")?;
         bus::Topology::new(&settings.namespace)
             .declare(&channel)
             .await
@@ -82,9 +89,18 @@ impl App {
 
         let secret = jwt_secret(&settings, &pool, migrate).await?;
         let lifetime = Duration::from_secs(settings.access_token_ttl_secs);
-        let tokens = Tokens::new(&secret, &settings.jwt_issuer, &settings.jwt_audience, lifetime);
-        let revocations = Revocations::new(redis.clone(), pool.clone(), &settings.namespace, lifetime);
-        let authenticator = Arc::new(Authenticator { tokens, revocations });
+        let tokens = Tokens::new(
+            &secret,
+            &settings.jwt_issuer,
+            &settings.jwt_audience,
+            lifetime,
+        );
+        let revocations =
+            Revocations::new(redis.clone(), pool.clone(), &settings.namespace, lifetime);
+        let authenticator = Arc::new(Authenticator {
+            tokens,
+            revocations,
+        });
         Ok(Self {
             settings,
             roles,
@@ -105,7 +121,9 @@ impl App {
                 pool: self.pool.clone(),
                 accounts: Arc::new(AggregateStore::<Account>::new(self.pool.clone())),
                 authenticator: self.authenticator.clone(),
-                passwords: Arc::new(PasswordHasher::new(self.settings.password_hash_concurrency)?),
+                passwords: Arc::new(PasswordHasher::new(
+                    self.settings.password_hash_concurrency,
+                )?),
                 login_limits,
                 refresh_token_lifetime: Duration::from_secs(self.settings.refresh_token_ttl_secs),
             };
@@ -154,11 +172,15 @@ impl App {
 
     /// Serves on `listener` and runs this process's background loops until `shutdown` fires;
     /// then stops accepting, finishes in-flight requests and batches, and returns.
-    pub async fn run(self, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
         let router = self.router()?;
         let mut loops = tokio::task::JoinSet::new();
         let topology = bus::Topology::new(&self.settings.namespace);
-        if self.roles.command {
+        if self.roles.relay {
             let relay = bus::OutboxRelay::new(bus::RelayOptions {
                 database_url: self.settings.database_url.clone(),
                 amqp_url: self.settings.amqp_url.clone(),
@@ -210,12 +232,22 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 }
 
 /// The configured secret, or in `serve` a generated one kept in the database.
-async fn jwt_secret(settings: &Settings, pool: &PgPool, may_generate: bool) -> anyhow::Result<JwtSecret> {
+async fn jwt_secret(
+    settings: &Settings,
+    pool: &PgPool,
+    may_generate: bool,
+) -> anyhow::Result<JwtSecret> {
     if let Some(secret) = &settings.jwt_secret {
-        anyhow::ensure!(secret.len() >= 32, "CHAT_JWT_SECRET must be at least 32 bytes");
+        anyhow::ensure!(
+            secret.len() >= 32,
+            "CHAT_JWT_SECRET must be at least 32 bytes"
+        );
         return Ok(JwtSecret::new(secret.as_bytes().to_vec()));
     }
-    anyhow::ensure!(may_generate, "CHAT_JWT_SECRET is required for the split roles");
+    anyhow::ensure!(
+        may_generate,
+        "CHAT_JWT_SECRET is required for the split roles"
+    );
     let mut bytes = [0u8; 48];
     rand::fill(&mut bytes);
     let candidate = base64::engine::general_purpose::STANDARD.encode(bytes);

@@ -5,7 +5,11 @@ use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
 
 #[derive(Debug, Parser)]
-#[command(name = "chatd", version, about = "Event-sourced real-time chat backend")]
+#[command(
+    name = "chatd",
+    version,
+    about = "Event-sourced real-time chat backend"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -30,13 +34,21 @@ pub enum Command {
 #[derive(Clone, Debug, Args)]
 pub struct Settings {
     /// Postgres connection URL.
-    #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/chat")]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/chat"
+    )]
     pub database_url: String,
     /// Redis connection URL.
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
     /// RabbitMQ connection URL.
-    #[arg(long, env = "AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    #[arg(
+        long,
+        env = "AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
     pub amqp_url: String,
     /// Listen address.
     #[arg(long, env = "CHAT_BIND", default_value = "127.0.0.1:8080")]
@@ -49,7 +61,12 @@ pub struct Settings {
     #[arg(long, env = "CHAT_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
     /// Comma-separated WebSocket origin allow-list (requests without Origin are allowed).
-    #[arg(long, env = "CHAT_ALLOWED_ORIGINS", value_delimiter = ',', default_value = "")]
+    #[arg(
+        long,
+        env = "CHAT_ALLOWED_ORIGINS",
+        value_delimiter = ',',
+        default_value = ""
+    )]
     pub allowed_origins: Vec<String>,
     /// Access-token lifetime in seconds.
     #[arg(long, env = "CHAT_ACCESS_TOKEN_TTL_SECS", default_value_t = 900)]

@@ -19,10 +19,39 @@ async fn main() -> std::process::ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let (settings, roles, migrate) = match cli.command {
         Command::Serve(settings) => (settings, Roles::ALL, true),
-        Command::CommandApi(settings) => (settings, Roles { command: true, ..Roles::NONE }, false),
-        Command::QueryApi(settings) => (settings, Roles { query: true, ..Roles::NONE }, false),
-        Command::Projector(settings) => (settings, Roles { projector: true, ..Roles::NONE }, false),
-        Command::SocketPush(settings) => (settings, Roles { push: true, ..Roles::NONE }, false),
+        Command::CommandApi(settings) => (
+            settings,
+            Roles {
+                command: true,
+                relay: true,
+                ..Roles::NONE
+            },
+            false,
+        ),
+        Command::QueryApi(settings) => (
+            settings,
+            Roles {
+                query: true,
+                ..Roles::NONE
+            },
+            false,
+        ),
+        Command::Projector(settings) => (
+            settings,
+            Roles {
+                projector: true,
+                ..Roles::NONE
+            },
+            false,
+        ),
+        Command::SocketPush(settings) => (
+            settings,
+            Roles {
+                push: true,
+                ..Roles::NONE
+            },
+            false,
+        ),
         Command::Migrate(settings) => {
             init_logging(&settings.log_format);
             store::create_database_if_missing(&settings.database_url).await?;
@@ -58,14 +87,15 @@ async fn stop_on_signal(shutdown: CancellationToken) {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(signal) => signal,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                shutdown.cancel();
-                return;
-            }
-        };
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    shutdown.cancel();
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = terminate.recv() => {}

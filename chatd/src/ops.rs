@@ -41,7 +41,10 @@ struct BearerAuth;
 impl utoipa::Modify for BearerAuth {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme("bearer", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
     }
 }
 
@@ -81,7 +84,8 @@ pub async fn readyz(State(state): State<OpsState>) -> Response {
     let postgres = tokio::time::timeout(limit, sqlx::query("SELECT 1").execute(&state.pool)).await;
     let postgres_ok = matches!(postgres, Ok(Ok(_)));
     let mut redis = state.redis.clone();
-    let ping = tokio::time::timeout(limit, redis::cmd("PING").query_async::<String>(&mut redis)).await;
+    let ping =
+        tokio::time::timeout(limit, redis::cmd("PING").query_async::<String>(&mut redis)).await;
     let redis_ok = matches!(ping, Ok(Ok(_)));
     let rabbitmq_ok = match bus::connect(&state.amqp_url, "chatd-readyz").await {
         Ok(connection) => {
@@ -90,13 +94,20 @@ pub async fn readyz(State(state): State<OpsState>) -> Response {
         }
         Err(_) => false,
     };
-    let failing: Vec<&str> = [("postgres", postgres_ok), ("redis", redis_ok), ("rabbitmq", rabbitmq_ok)]
-        .into_iter()
-        .filter(|(_, ok)| !ok)
-        .map(|(name, _)| name)
-        .collect();
+    let failing: Vec<&str> = [
+        ("postgres", postgres_ok),
+        ("redis", redis_ok),
+        ("rabbitmq", rabbitmq_ok),
+    ]
+    .into_iter()
+    .filter(|(_, ok)| !ok)
+    .map(|(name, _)| name)
+    .collect();
     if failing.is_empty() {
-        return axum::Json(json!({"status": "ready", "postgres": "ok", "redis": "ok", "rabbitmq": "ok"})).into_response();
+        return axum::Json(
+            json!({"status": "ready", "postgres": "ok", "redis": "ok", "rabbitmq": "ok"}),
+        )
+        .into_response();
     }
     ApiError {
         retry_after_seconds: Some(5),
@@ -124,7 +135,20 @@ async fn metrics_text(State(state): State<OpsState>) -> Response {
     if let Ok(lag) = store::projection::read_model_lag_ms(&state.pool).await {
         metrics::gauge!("chat_read_model_lag_ms").set(lag as f64);
     }
-    let _ = &state.namespace;
+    if let Ok(connection) = bus::connect(&state.amqp_url, "chatd-metrics").await {
+        if let Ok(channel) = connection.create_channel().await {
+            let topology = bus::Topology::new(&state.namespace);
+            for (label, queue) in [
+                ("projector", topology.projector_queue()),
+                ("projector.dlq", topology.projector_dead_letter_queue()),
+            ] {
+                if let Ok(depth) = bus::Topology::queue_depth(&channel, &queue).await {
+                    metrics::gauge!("chat_queue_depth", "queue" => label).set(depth);
+                }
+            }
+        }
+        let _ = connection.close(200, "metrics scraped".into()).await;
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),

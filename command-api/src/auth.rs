@@ -5,7 +5,9 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
-use domain::account::{Account, AccountCommand, AccountError, DisplayName, Email, Password, Username, ValueError};
+use domain::account::{
+    Account, AccountCommand, AccountError, DisplayName, Email, Password, Username, ValueError,
+};
 use domain::metadata::EventMetadata;
 use domain::{SessionId, UserId};
 use serde::Deserialize;
@@ -69,15 +71,33 @@ pub async fn register(
 
     let user_id = UserId::new();
     claim_identities(&state, user_id, &username, &email).await?;
-    let result = register_claimed(&state, &request_id, user_id, username.clone(), email.clone(), display_name, &password).await;
+    let result = register_claimed(
+        &state,
+        &request_id,
+        user_id,
+        username.clone(),
+        email.clone(),
+        display_name,
+        &password,
+    )
+    .await;
     if result.is_err() {
         // Free the names again; a crash here is covered by the abandoned-claim takeover.
-        for (kind, value) in [(IdentityKind::Username, username.as_str().to_owned()), (IdentityKind::Email, email.normalized())] {
-            let _ = credentials::release_identity(&state.pool, kind, &value, user_id.as_uuid()).await;
+        for (kind, value) in [
+            (IdentityKind::Username, username.as_str().to_owned()),
+            (IdentityKind::Email, email.normalized()),
+        ] {
+            let _ =
+                credentials::release_identity(&state.pool, kind, &value, user_id.as_uuid()).await;
         }
     }
     let (session, position) = result?;
-    Ok((StatusCode::CREATED, [consistency::header(&position)], axum::Json(session)).into_response())
+    Ok((
+        StatusCode::CREATED,
+        [consistency::header(&position)],
+        axum::Json(session),
+    )
+        .into_response())
 }
 
 async fn claim_identities(
@@ -87,13 +107,31 @@ async fn claim_identities(
     email: &Email,
 ) -> Result<(), ApiError> {
     let mut transaction = state.pool.begin().await?;
-    let username_free = credentials::claim_identity(&mut transaction, IdentityKind::Username, username.as_str(), user_id.as_uuid()).await?;
+    let username_free = credentials::claim_identity(
+        &mut transaction,
+        IdentityKind::Username,
+        username.as_str(),
+        user_id.as_uuid(),
+    )
+    .await?;
     if !username_free {
-        return Err(ApiError::conflict("username_taken", "that username is taken"));
+        return Err(ApiError::conflict(
+            "username_taken",
+            "that username is taken",
+        ));
     }
-    let email_free = credentials::claim_identity(&mut transaction, IdentityKind::Email, &email.normalized(), user_id.as_uuid()).await?;
+    let email_free = credentials::claim_identity(
+        &mut transaction,
+        IdentityKind::Email,
+        &email.normalized(),
+        user_id.as_uuid(),
+    )
+    .await?;
     if !email_free {
-        return Err(ApiError::conflict("email_taken", "that email is already registered"));
+        return Err(ApiError::conflict(
+            "email_taken",
+            "that email is already registered",
+        ));
     }
     transaction.commit().await?;
     Ok(())
@@ -108,7 +146,11 @@ async fn register_claimed(
     display_name: Option<DisplayName>,
     password: &Password,
 ) -> Result<(Session, store::StreamPosition), ApiError> {
-    let hash = state.passwords.hash(password.expose()).await.map_err(ApiError::internal)?;
+    let hash = state
+        .passwords
+        .hash(password.expose())
+        .await
+        .map_err(ApiError::internal)?;
     let mut connection = state.pool.acquire().await?;
     credentials::set_password_hash(&mut connection, user_id.as_uuid(), &hash).await?;
     drop(connection);
@@ -132,9 +174,24 @@ async fn start_session(
 ) -> Result<(Session, store::StreamPosition), ApiError> {
     let session_id = SessionId::new();
     let mut connection = state.pool.acquire().await?;
-    let refresh_token = credentials::start_session(&mut connection, session_id.as_uuid(), user_id.as_uuid(), state.refresh_token_lifetime).await?;
+    let refresh_token = credentials::start_session(
+        &mut connection,
+        session_id.as_uuid(),
+        user_id.as_uuid(),
+        state.refresh_token_lifetime,
+    )
+    .await?;
     drop(connection);
-    let committed = execute(state, user_id, AccountCommand::RecordLogin { session_id, at: metadata.recorded_at }, metadata).await?;
+    let committed = execute(
+        state,
+        user_id,
+        AccountCommand::RecordLogin {
+            session_id,
+            at: metadata.recorded_at,
+        },
+        metadata,
+    )
+    .await?;
     let session = session_response(state, &committed.aggregate, session_id, refresh_token)?;
     Ok((session, committed.position))
 }
@@ -145,7 +202,8 @@ fn session_response(
     session_id: SessionId,
     refresh_token: RefreshToken,
 ) -> Result<Session, ApiError> {
-    let user = user_from_account(account, true).ok_or_else(|| ApiError::internal("account without a profile"))?;
+    let user = user_from_account(account, true)
+        .ok_or_else(|| ApiError::internal("account without a profile"))?;
     let access = state
         .authenticator
         .tokens
@@ -170,7 +228,12 @@ pub async fn login(
     ApiJson(request): ApiJson<LoginRequest>,
 ) -> Result<Response, ApiError> {
     let login = request.login.trim().to_lowercase();
-    if let Err(retry_after) = state.login_limits.check(&login, &address).await.map_err(ApiError::unavailable)? {
+    if let Err(retry_after) = state
+        .login_limits
+        .check(&login, &address)
+        .await
+        .map_err(ApiError::unavailable)?
+    {
         return Err(ApiError::rate_limited(retry_after.0));
     }
     let user_id = credentials::find_account(&state.pool, &login).await?;
@@ -184,24 +247,40 @@ pub async fn login(
         .await
         .map_err(ApiError::internal)?;
     let (Some(user_id), true) = (user_id, valid) else {
-        state.login_limits.record_failure(&login, &address).await.map_err(ApiError::unavailable)?;
+        state
+            .login_limits
+            .record_failure(&login, &address)
+            .await
+            .map_err(ApiError::unavailable)?;
         if let Some(user_id) = user_id {
             // Recorded off the response path, so that a wrong password for an existing
             // account is answered in the same time as one for no account at all.
             let state = state.clone();
             let metadata = metadata(None, &request_id);
             tokio::spawn(async move {
-                let command = AccountCommand::RecordFailedLogin { at: metadata.recorded_at };
-                if let Err(error) = execute(&state, UserId::from_uuid(user_id), command, &metadata).await {
+                let command = AccountCommand::RecordFailedLogin {
+                    at: metadata.recorded_at,
+                };
+                if let Err(error) =
+                    execute(&state, UserId::from_uuid(user_id), command, &metadata).await
+                {
                     tracing::warn!(?error, "could not record a failed login");
                 }
             });
         }
-        return Err(ApiError::unauthorized("invalid_credentials", "wrong login or password"));
+        return Err(ApiError::unauthorized(
+            "invalid_credentials",
+            "wrong login or password",
+        ));
     };
-    state.login_limits.record_success(&login).await.map_err(ApiError::unavailable)?;
+    state
+        .login_limits
+        .record_success(&login)
+        .await
+        .map_err(ApiError::unavailable)?;
     let user_id = UserId::from_uuid(user_id);
-    let (session, position) = start_session(&state, user_id, &metadata(Some(user_id), &request_id)).await?;
+    let (session, position) =
+        start_session(&state, user_id, &metadata(Some(user_id), &request_id)).await?;
     Ok(([consistency::header(&position)], axum::Json(session)).into_response())
 }
 
@@ -213,10 +292,21 @@ pub async fn refresh(
     request_id: RequestId,
     ApiJson(request): ApiJson<RefreshRequest>,
 ) -> Result<Response, ApiError> {
-    let rotation = credentials::rotate_refresh_token(&state.pool, &request.refresh_token, state.refresh_token_lifetime).await?;
+    let rotation = credentials::rotate_refresh_token(
+        &state.pool,
+        &request.refresh_token,
+        state.refresh_token_lifetime,
+    )
+    .await?;
     match rotation {
-        Rotation::Invalid => Err(ApiError::unauthorized("invalid_refresh_token", "the refresh token is invalid or expired")),
-        Rotation::Reused { user_id, session_id } => {
+        Rotation::Invalid => Err(ApiError::unauthorized(
+            "invalid_refresh_token",
+            "the refresh token is invalid or expired",
+        )),
+        Rotation::Reused {
+            user_id,
+            session_id,
+        } => {
             state
                 .authenticator
                 .revocations
@@ -224,19 +314,35 @@ pub async fn refresh(
                 .await
                 .map_err(ApiError::unavailable)?;
             let user_id = UserId::from_uuid(user_id);
-            let command = AccountCommand::RecordRefreshReuse { session_id: SessionId::from_uuid(session_id) };
+            let command = AccountCommand::RecordRefreshReuse {
+                session_id: SessionId::from_uuid(session_id),
+            };
             execute(&state, user_id, command, &metadata(None, &request_id)).await?;
             Err(ApiError::unauthorized(
                 "refresh_token_reused",
                 "the refresh token was already used; the session has been revoked",
             ))
         }
-        Rotation::Rotated { user_id, session_id, token } => {
+        Rotation::Rotated {
+            user_id,
+            session_id,
+            token,
+        } => {
             let user_id = UserId::from_uuid(user_id);
             let session_id = SessionId::from_uuid(session_id);
-            let committed = execute(&state, user_id, AccountCommand::RecordRefresh { session_id }, &metadata(Some(user_id), &request_id)).await?;
+            let committed = execute(
+                &state,
+                user_id,
+                AccountCommand::RecordRefresh { session_id },
+                &metadata(Some(user_id), &request_id),
+            )
+            .await?;
             let session = session_response(&state, &committed.aggregate, session_id, token)?;
-            Ok(([consistency::header(&committed.position)], axum::Json(session)).into_response())
+            Ok((
+                [consistency::header(&committed.position)],
+                axum::Json(session),
+            )
+                .into_response())
         }
     }
 }
@@ -254,23 +360,40 @@ pub async fn logout(
     let request: LogoutRequest = if body.iter().all(u8::is_ascii_whitespace) {
         LogoutRequest::default()
     } else {
-        serde_json::from_slice(&body).map_err(|error| ApiError::bad_request("invalid_body", error.to_string()))?
+        serde_json::from_slice(&body)
+            .map_err(|error| ApiError::bad_request("invalid_body", error.to_string()))?
     };
     let revocations = &state.authenticator.revocations;
-    revocations.revoke_token(&caller.claims).await.map_err(ApiError::unavailable)?;
+    revocations
+        .revoke_token(&caller.claims)
+        .await
+        .map_err(ApiError::unavailable)?;
     let sessions = if request.all_devices {
         credentials::revoke_user_sessions(&state.pool, caller.user_id, None).await?
     } else {
         credentials::revoke_session(&state.pool, caller.claims.sid).await?
     };
-    revocations.publish_revoked_sessions(&sessions).await.map_err(ApiError::unavailable)?;
+    revocations
+        .publish_revoked_sessions(&sessions)
+        .await
+        .map_err(ApiError::unavailable)?;
     let user_id = UserId::from_uuid(caller.user_id);
     let command = AccountCommand::Logout {
         session_id: SessionId::from_uuid(caller.claims.sid),
         all_devices: request.all_devices,
     };
-    let committed = execute(&state, user_id, command, &metadata(Some(user_id), &request_id)).await?;
-    Ok((StatusCode::NO_CONTENT, [consistency::header(&committed.position)]).into_response())
+    let committed = execute(
+        &state,
+        user_id,
+        command,
+        &metadata(Some(user_id), &request_id),
+    )
+    .await?;
+    Ok((
+        StatusCode::NO_CONTENT,
+        [consistency::header(&committed.position)],
+    )
+        .into_response())
 }
 
 /// The metadata of the events one request causes.
@@ -310,4 +433,3 @@ pub(crate) fn account_error(error: ExecuteError<AccountError>) -> ApiError {
 pub(crate) fn invalid(error: ValueError) -> ApiError {
     ApiError::bad_request(error.code, error.message)
 }
-

@@ -68,13 +68,12 @@ pub async fn claim_identity(
     if taken_over == 1 {
         return Ok(true);
     }
-    let owner: Option<Uuid> = sqlx::query_scalar(
-        "SELECT user_id FROM account_identities WHERE kind = $1 AND value = $2",
-    )
-    .bind(kind.as_str())
-    .bind(value)
-    .fetch_optional(&mut *connection)
-    .await?;
+    let owner: Option<Uuid> =
+        sqlx::query_scalar("SELECT user_id FROM account_identities WHERE kind = $1 AND value = $2")
+            .bind(kind.as_str())
+            .bind(value)
+            .fetch_optional(&mut *connection)
+            .await?;
     Ok(owner == Some(user_id))
 }
 
@@ -205,16 +204,21 @@ pub async fn rotate_refresh_token(
     lifetime: Duration,
 ) -> sqlx::Result<Rotation> {
     let mut transaction = pool.begin().await?;
-    let row: Option<(Uuid, Uuid, DateTime<Utc>, Option<DateTime<Utc>>, Option<DateTime<Utc>>)> =
-        sqlx::query_as(
-            "SELECT s.user_id, r.session_id, r.expires_at, r.spent_at, s.revoked_at
+    let row: Option<(
+        Uuid,
+        Uuid,
+        DateTime<Utc>,
+        Option<DateTime<Utc>>,
+        Option<DateTime<Utc>>,
+    )> = sqlx::query_as(
+        "SELECT s.user_id, r.session_id, r.expires_at, r.spent_at, s.revoked_at
                FROM refresh_tokens r JOIN auth_sessions s USING (session_id)
               WHERE r.token_hash = $1
                 FOR UPDATE OF r, s",
-        )
-        .bind(hash_token(token))
-        .fetch_optional(&mut *transaction)
-        .await?;
+    )
+    .bind(hash_token(token))
+    .fetch_optional(&mut *transaction)
+    .await?;
     let Some((user_id, session_id, expires_at, spent_at, revoked_at)) = row else {
         return Ok(Rotation::Invalid);
     };
@@ -245,7 +249,10 @@ pub async fn rotate_refresh_token(
     })
 }
 
-async fn revoke_session_rows(connection: &mut PgConnection, session_ids: &[Uuid]) -> sqlx::Result<()> {
+async fn revoke_session_rows(
+    connection: &mut PgConnection,
+    session_ids: &[Uuid],
+) -> sqlx::Result<()> {
     sqlx::query("UPDATE auth_sessions SET revoked_at = now() WHERE session_id = ANY($1) AND revoked_at IS NULL")
         .bind(session_ids)
         .execute(connection)

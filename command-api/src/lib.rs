@@ -67,7 +67,10 @@ pub fn user_from_account(account: &Account, with_email: bool) -> Option<web::dto
         last_seen_at: None,
         created_at: account.created_at?,
         email: if with_email {
-            account.email.as_ref().map(|email| email.as_str().to_owned())
+            account
+                .email
+                .as_ref()
+                .map(|email| email.as_str().to_owned())
         } else {
             None
         },

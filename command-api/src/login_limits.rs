@@ -29,7 +29,11 @@ impl LoginLimits {
     }
 
     fn account_key(&self, login: &str) -> String {
-        format!("{}:login-failures:account:{}", self.namespace, login.to_lowercase())
+        format!(
+            "{}:login-failures:account:{}",
+            self.namespace,
+            login.to_lowercase()
+        )
     }
 
     fn address_key(&self, address: &str) -> String {
@@ -37,7 +41,11 @@ impl LoginLimits {
     }
 
     /// `Err(RetryAfter)` when either counter is at its limit.
-    pub async fn check(&self, login: &str, address: &str) -> redis::RedisResult<Result<(), RetryAfter>> {
+    pub async fn check(
+        &self,
+        login: &str,
+        address: &str,
+    ) -> redis::RedisResult<Result<(), RetryAfter>> {
         let keys = [self.account_key(login), self.address_key(address)];
         let limits = [self.per_account, self.per_address];
         let mut redis = self.redis.clone();
@@ -45,7 +53,8 @@ impl LoginLimits {
         for key in &keys {
             pipeline.cmd("GET").arg(key).cmd("TTL").arg(key);
         }
-        let answers: (Option<u32>, i64, Option<u32>, i64) = pipeline.query_async(&mut redis).await?;
+        let answers: (Option<u32>, i64, Option<u32>, i64) =
+            pipeline.query_async(&mut redis).await?;
         let counts = [(answers.0, answers.1), (answers.2, answers.3)];
         for ((count, ttl), limit) in counts.into_iter().zip(limits) {
             if count.unwrap_or(0) >= limit {
@@ -77,6 +86,9 @@ impl LoginLimits {
     /// A successful login clears the account's count (not the address's).
     pub async fn record_success(&self, login: &str) -> redis::RedisResult<()> {
         let mut redis = self.redis.clone();
-        redis::cmd("DEL").arg(self.account_key(login)).query_async(&mut redis).await
+        redis::cmd("DEL")
+            .arg(self.account_key(login))
+            .query_async(&mut redis)
+            .await
     }
 }

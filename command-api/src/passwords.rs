@@ -2,8 +2,8 @@
 //! blocking pool, at most `concurrency` at a time, so a flood of logins queues instead of
 //! allocating 19 MiB per request without bound.
 
-use argon2::{PasswordHasher as _, PasswordVerifier};
 use argon2::{Algorithm, Argon2, Params, Version};
+use argon2::{PasswordHasher as _, PasswordVerifier};
 use std::sync::Arc;
 use tokio::sync::Semaphore;
 
@@ -69,7 +69,10 @@ mod tests {
     async fn hashes_are_argon2id_phc_strings_that_verify() -> anyhow::Result<()> {
         let hasher = PasswordHasher::new(2)?;
         let hash = hasher.hash("correct horse").await?;
-        assert!(hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{hash}");
+        assert!(
+            hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+            "{hash}"
+        );
         assert!(hasher.verify("correct horse", Some(&hash)).await?);
         assert!(!hasher.verify("wrong horse", Some(&hash)).await?);
         assert!(!hasher.verify("correct horse", None).await?);

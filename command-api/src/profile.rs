@@ -55,31 +55,74 @@ pub async fn update_profile(
     ApiJson(request): ApiJson<UpdateProfileRequest>,
 ) -> Result<Response, ApiError> {
     let changes = ProfileChanges {
-        display_name: request.display_name.as_deref().map(DisplayName::parse).transpose().map_err(invalid)?,
+        display_name: request
+            .display_name
+            .as_deref()
+            .map(DisplayName::parse)
+            .transpose()
+            .map_err(invalid)?,
         bio: request
             .bio
             .map(|bio| bio.as_deref().map(Bio::parse).transpose())
             .transpose()
             .map_err(invalid)?,
         avatar_media_id: request.avatar_media_id,
-        email: request.email.as_deref().map(Email::parse).transpose().map_err(invalid)?,
+        email: request
+            .email
+            .as_deref()
+            .map(Email::parse)
+            .transpose()
+            .map_err(invalid)?,
     };
     if let Some(Some(_)) = changes.avatar_media_id {
         // Media uploads do not exist yet, so no id can name one of the caller's images.
-        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "media_not_found", "avatar_media_id does not name an image you uploaded"));
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "media_not_found",
+            "avatar_media_id does not name an image you uploaded",
+        ));
     }
     let user_id = UserId::from_uuid(caller.user_id);
-    let current = state.accounts.load(&user_id.to_string()).await.map_err(crate::auth::account_error)?;
-    let old_email = current.and_then(|account| account.email).map(|email| email.normalized());
-    let new_email = changes.email.as_ref().map(Email::normalized).filter(|email| Some(email) != old_email.as_ref());
+    let current = state
+        .accounts
+        .load(&user_id.to_string())
+        .await
+        .map_err(crate::auth::account_error)?;
+    let old_email = current
+        .and_then(|account| account.email)
+        .map(|email| email.normalized());
+    let new_email = changes
+        .email
+        .as_ref()
+        .map(Email::normalized)
+        .filter(|email| Some(email) != old_email.as_ref());
     if let Some(new_email) = &new_email {
         let mut connection = state.pool.acquire().await?;
-        if !credentials::claim_identity(&mut connection, IdentityKind::Email, new_email, caller.user_id).await? {
-            return Err(ApiError::conflict("email_taken", "that email is already registered"));
+        if !credentials::claim_identity(
+            &mut connection,
+            IdentityKind::Email,
+            new_email,
+            caller.user_id,
+        )
+        .await?
+        {
+            return Err(ApiError::conflict(
+                "email_taken",
+                "that email is already registered",
+            ));
         }
     }
     let metadata = metadata(Some(user_id), &request_id);
-    let result = execute(&state, user_id, AccountCommand::UpdateProfile { changes, at: metadata.recorded_at }, &metadata).await;
+    let result = execute(
+        &state,
+        user_id,
+        AccountCommand::UpdateProfile {
+            changes,
+            at: metadata.recorded_at,
+        },
+        &metadata,
+    )
+    .await;
     // Exactly one of the two addresses stays claimed: the new one if the change committed.
     let released = match (&result, &new_email, &old_email) {
         (Ok(_), Some(_), Some(old)) => Some(old),
@@ -87,10 +130,12 @@ pub async fn update_profile(
         _ => None,
     };
     if let Some(email) = released {
-        credentials::release_identity(&state.pool, IdentityKind::Email, email, caller.user_id).await?;
+        credentials::release_identity(&state.pool, IdentityKind::Email, email, caller.user_id)
+            .await?;
     }
     let committed = result?;
-    let user = user_from_account(&committed.aggregate, true).ok_or_else(|| ApiError::internal("account without a profile"))?;
+    let user = user_from_account(&committed.aggregate, true)
+        .ok_or_else(|| ApiError::internal("account without a profile"))?;
     Ok(([consistency::header(&committed.position)], axum::Json(user)).into_response())
 }
 
@@ -105,16 +150,35 @@ pub async fn change_password(
 ) -> Result<Response, ApiError> {
     let new_password = Password::parse(&request.new_password).map_err(invalid)?;
     let hash = credentials::password_hash(&state.pool, caller.user_id).await?;
-    let valid = state.passwords.verify(&request.current_password, hash.as_deref()).await.map_err(ApiError::internal)?;
+    let valid = state
+        .passwords
+        .verify(&request.current_password, hash.as_deref())
+        .await
+        .map_err(ApiError::internal)?;
     if !valid {
-        return Err(ApiError::new(StatusCode::FORBIDDEN, "invalid_credentials", "the current password is wrong"));
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "invalid_credentials",
+            "the current password is wrong",
+        ));
     }
-    let new_hash = state.passwords.hash(new_password.expose()).await.map_err(ApiError::internal)?;
+    let new_hash = state
+        .passwords
+        .hash(new_password.expose())
+        .await
+        .map_err(ApiError::internal)?;
     let mut connection = state.pool.acquire().await?;
     credentials::set_password_hash(&mut connection, caller.user_id, &new_hash).await?;
     drop(connection);
-    let revoked = credentials::revoke_user_sessions(&state.pool, caller.user_id, Some(caller.claims.sid)).await?;
-    state.authenticator.revocations.publish_revoked_sessions(&revoked).await.map_err(ApiError::unavailable)?;
+    let revoked =
+        credentials::revoke_user_sessions(&state.pool, caller.user_id, Some(caller.claims.sid))
+            .await?;
+    state
+        .authenticator
+        .revocations
+        .publish_revoked_sessions(&revoked)
+        .await
+        .map_err(ApiError::unavailable)?;
     let user_id = UserId::from_uuid(caller.user_id);
     let metadata = metadata(Some(user_id), &request_id);
     let command = AccountCommand::ChangePassword {
@@ -122,5 +186,9 @@ pub async fn change_password(
         at: metadata.recorded_at,
     };
     let committed = execute(&state, user_id, command, &metadata).await?;
-    Ok((StatusCode::NO_CONTENT, [consistency::header(&committed.position)]).into_response())
+    Ok((
+        StatusCode::NO_CONTENT,
+        [consistency::header(&committed.position)],
+    )
+        .into_response())
 }

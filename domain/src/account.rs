@@ -486,7 +486,8 @@ impl Account {
         if let Some(email) = changes.email
             && Some(&email) != self.email.as_ref()
         {
-            self.emit(sink, AccountEvent::EmailChanged { email, at }).await;
+            self.emit(sink, AccountEvent::EmailChanged { email, at })
+                .await;
         }
         Ok(())
     }
@@ -693,7 +694,15 @@ mod tests {
     #[test]
     fn emails_are_checked_for_shape() {
         assert!(Email::parse("a.b+c@mail.example.org").is_ok());
-        for bad in ["", "plain", "@example.com", "a@b", "a@@b.com", "a b@c.com", "a@.com"] {
+        for bad in [
+            "",
+            "plain",
+            "@example.com",
+            "a@b",
+            "a@@b.com",
+            "a b@c.com",
+            "a@.com",
+        ] {
             assert!(Email::parse(bad).is_err(), "{bad}");
         }
     }

@@ -29,7 +29,8 @@ impl EventMetadata {
         map.insert(REQUEST_ID.to_owned(), self.request_id.clone());
         map.insert(
             RECORDED_AT.to_owned(),
-            self.recorded_at.to_rfc3339_opts(SecondsFormat::Micros, true),
+            self.recorded_at
+                .to_rfc3339_opts(SecondsFormat::Micros, true),
         );
         map
     }

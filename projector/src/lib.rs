@@ -25,7 +25,8 @@ pub struct ProjectorOptions {
     pub topology: Topology,
     /// The most events applied in one transaction (and the consumer prefetch).
     pub batch_size: usize,
-    /// For crash tests: commit this many events of a batch, then fail before acking them.
+    /// For crash tests: once this many deliveries were handled, commit the batch in hand and
+    /// fail before acking it, as a process killed at that point would.
     pub crash_after: Option<usize>,
 }
 
@@ -33,10 +34,12 @@ pub struct Projector {
     pool: PgPool,
     options: ProjectorOptions,
     links: Option<Links>,
+    /// Deliveries handled since start (for `crash_after`).
+    handled: usize,
 }
 
 struct Links {
-    _connection: Connection,
+    connection: Connection,
     channel: Channel,
     consumer: Consumer,
 }
@@ -57,6 +60,7 @@ impl Projector {
             pool,
             options,
             links: None,
+            handled: 0,
         }
     }
 
@@ -67,8 +71,14 @@ impl Projector {
             self.links = Some(self.open_links().await?);
         }
         let result = self.process_with_links(wait).await;
-        if result.is_err() {
-            self.links = None;
+        if result.is_err()
+            && let Some(links) = self.links.take()
+        {
+            // Closing (not just dropping) hands every unacked delivery back to the broker.
+            let _ = links
+                .connection
+                .close(320, "projector restarting".into())
+                .await;
         }
         result
     }
@@ -109,8 +119,9 @@ impl Projector {
             .iter()
             .filter(|outcome| matches!(outcome, Outcome::Applied))
             .count();
+        self.handled += deliveries.len();
         if let Some(limit) = self.options.crash_after
-            && deliveries.len() > limit
+            && self.handled >= limit
         {
             anyhow::bail!("projector crashed on purpose after committing, before acking");
         }
@@ -156,8 +167,9 @@ impl Projector {
                 FieldTable::default(),
             )
             .await?;
+        tracing::info!("projector connected and consuming");
         Ok(Links {
-            _connection: connection,
+            connection,
             channel,
             consumer,
         })

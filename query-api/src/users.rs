@@ -58,11 +58,17 @@ pub async fn list_users(
     _caller: Caller,
     query: Result<Query<ListUsersQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<axum::Json<Page<User>>, ApiError> {
-    let Query(query) = query.map_err(|rejection| ApiError::bad_request("invalid_query", rejection.body_text()))?;
+    let Query(query) =
+        query.map_err(|rejection| ApiError::bad_request("invalid_query", rejection.body_text()))?;
     let limit = match query.limit {
         None => 50,
         Some(limit) if (1..=200).contains(&limit) => limit,
-        Some(_) => return Err(ApiError::bad_request("invalid_limit", "limit must be 1 to 200")),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_limit",
+                "limit must be 1 to 200",
+            ));
+        }
     };
     let after = match &query.cursor {
         None => String::new(),
@@ -70,9 +76,14 @@ pub async fn list_users(
             .decode(cursor)
             .ok()
             .and_then(|bytes| String::from_utf8(bytes).ok())
-            .ok_or_else(|| ApiError::bad_request("invalid_cursor", "cursor is not one this server issued"))?,
+            .ok_or_else(|| {
+                ApiError::bad_request("invalid_cursor", "cursor is not one this server issued")
+            })?,
     };
-    let pattern = format!("{}%", escape_like(&query.q.unwrap_or_default().trim().to_lowercase()));
+    let pattern = format!(
+        "{}%",
+        escape_like(&query.q.unwrap_or_default().trim().to_lowercase())
+    );
     let rows: Vec<UserRow> = sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM users
           WHERE (username LIKE $1 OR display_name_lower LIKE $1) AND username > $2
@@ -90,7 +101,11 @@ pub async fn list_users(
         .map(|row| row.into_user(false))
         .collect();
     let next_cursor = has_more
-        .then(|| items.last().map(|user| URL_SAFE_NO_PAD.encode(&user.username)))
+        .then(|| {
+            items
+                .last()
+                .map(|user| URL_SAFE_NO_PAD.encode(&user.username))
+        })
         .flatten();
     Ok(axum::Json(Page { items, next_cursor }))
 }
@@ -98,7 +113,10 @@ pub async fn list_users(
 /// GET /api/v1/users/me
 #[utoipa::path(get, path = "/api/v1/users/me", tag = "users",
     responses((status = 200, body = User)), security(("bearer" = [])))]
-pub async fn me(State(state): State<QueryState>, caller: Caller) -> Result<axum::Json<User>, ApiError> {
+pub async fn me(
+    State(state): State<QueryState>,
+    caller: Caller,
+) -> Result<axum::Json<User>, ApiError> {
     find_user(&state, caller.user_id, true).await
 }
 
@@ -115,12 +133,18 @@ pub async fn get_user(
     find_user(&state, user_id, user_id == caller.user_id).await
 }
 
-async fn find_user(state: &QueryState, user_id: Uuid, with_email: bool) -> Result<axum::Json<User>, ApiError> {
-    let row: Option<UserRow> = sqlx::query_as(&format!("SELECT {COLUMNS} FROM users WHERE id = $1"))
-        .bind(user_id)
-        .fetch_optional(&state.pool)
-        .await?;
-    row.map(|row| axum::Json(row.into_user(with_email))).ok_or_else(not_found)
+async fn find_user(
+    state: &QueryState,
+    user_id: Uuid,
+    with_email: bool,
+) -> Result<axum::Json<User>, ApiError> {
+    let row: Option<UserRow> =
+        sqlx::query_as(&format!("SELECT {COLUMNS} FROM users WHERE id = $1"))
+            .bind(user_id)
+            .fetch_optional(&state.pool)
+            .await?;
+    row.map(|row| axum::Json(row.into_user(with_email)))
+        .ok_or_else(not_found)
 }
 
 fn not_found() -> ApiError {
@@ -128,5 +152,7 @@ fn not_found() -> ApiError {
 }
 
 fn escape_like(text: &str) -> String {
-    text.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")
+    text.replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_")
 }

@@ -80,17 +80,29 @@ impl Revocations {
             self.token_key(claims.jti),
             self.session_key(claims.sid),
         ];
-        let mut redis = self.redis.clone();
-        let mut found: Vec<Option<String>> =
-            redis::cmd("MGET").arg(&keys).query_async(&mut redis).await?;
+        let mut found = self.read_keys(&keys).await?;
         if found.first().is_none_or(Option::is_none) {
             self.reload().await?;
-            found = redis::cmd("MGET").arg(&keys).query_async(&mut redis).await?;
+            found = self.read_keys(&keys).await?;
         }
         if found.iter().skip(1).any(Option::is_some) {
             return Err(RevocationError::Revoked);
         }
         Ok(())
+    }
+
+    /// One MGET. A read is safe to repeat, so a link that broke since the last command (the
+    /// connection manager reconnects on the next one) costs a retry, not a failed request.
+    async fn read_keys(&self, keys: &[String]) -> Result<Vec<Option<String>>, RevocationError> {
+        let mut redis = self.redis.clone();
+        let first: redis::RedisResult<Vec<Option<String>>> =
+            redis::cmd("MGET").arg(keys).query_async(&mut redis).await;
+        match first {
+            Err(error) if error.is_io_error() || error.is_connection_dropped() => {
+                Ok(redis::cmd("MGET").arg(keys).query_async(&mut redis).await?)
+            }
+            other => Ok(other?),
+        }
     }
 
     /// Revokes one access token: durably first, then in Redis.

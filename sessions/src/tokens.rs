@@ -104,8 +104,9 @@ impl Tokens {
             iss: self.issuer.clone(),
             aud: self.audience.clone(),
         };
-        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding_key)
-            .map_err(|_| TokenError::Invalid)?;
+        let token =
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding_key)
+                .map_err(|_| TokenError::Invalid)?;
         Ok(IssuedToken {
             token,
             claims,
@@ -116,11 +117,12 @@ impl Tokens {
     /// Checks signature, algorithm, expiry (30 s leeway), issuer, audience and the presence of
     /// every claim. Revocation is checked separately, by [`crate::Revocations`].
     pub fn verify(&self, token: &str) -> Result<AccessClaims, TokenError> {
-        let data = jsonwebtoken::decode::<AccessClaims>(token, &self.decoding_key, &self.validation)
-            .map_err(|error| match error.kind() {
-                jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
-                _ => TokenError::Invalid,
-            })?;
+        let data =
+            jsonwebtoken::decode::<AccessClaims>(token, &self.decoding_key, &self.validation)
+                .map_err(|error| match error.kind() {
+                    jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
+                    _ => TokenError::Invalid,
+                })?;
         let now = Utc::now().timestamp();
         let leeway = i64::try_from(LEEWAY_SECONDS).unwrap_or(0);
         if data.claims.iat > now + leeway {

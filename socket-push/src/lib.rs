@@ -48,10 +48,19 @@ pub async fn connect(
     Query(query): Query<ConnectQuery>,
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
-    if let Some(origin) = headers.get(header::ORIGIN).and_then(|value| value.to_str().ok())
-        && !state.allowed_origins.iter().any(|allowed| allowed == origin)
+    if let Some(origin) = headers
+        .get(header::ORIGIN)
+        .and_then(|value| value.to_str().ok())
+        && !state
+            .allowed_origins
+            .iter()
+            .any(|allowed| allowed == origin)
     {
-        return Err(ApiError::new(StatusCode::FORBIDDEN, "origin_not_allowed", "this Origin may not open a WebSocket"));
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "origin_not_allowed",
+            "this Origin may not open a WebSocket",
+        ));
     }
     let header_token = headers
         .get(header::AUTHORIZATION)
@@ -59,9 +68,12 @@ pub async fn connect(
         .and_then(|value| value.split_once(' '))
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, token)| token.trim().to_owned());
-    let token = header_token
-        .or(query.access_token)
-        .ok_or_else(|| ApiError::unauthorized("missing_token", "a bearer token or access_token is required"))?;
+    let token = header_token.or(query.access_token).ok_or_else(|| {
+        ApiError::unauthorized(
+            "missing_token",
+            "a bearer token or access_token is required",
+        )
+    })?;
     let caller = state.authenticator.authenticate(&token).await?;
     Ok(upgrade
         .max_message_size(MAX_FRAME_BYTES)
@@ -80,7 +92,11 @@ async fn serve_connection(mut socket: WebSocket, caller: Caller) {
         "cursor": "0",
         "heartbeat_ms": HEARTBEAT.as_millis() as u64,
     });
-    if socket.send(Message::Text(ready.to_string().into())).await.is_err() {
+    if socket
+        .send(Message::Text(ready.to_string().into()))
+        .await
+        .is_err()
+    {
         return;
     }
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
@@ -111,12 +127,15 @@ async fn serve_connection(mut socket: WebSocket, caller: Caller) {
 
 fn reply_to(text: &str) -> Option<Value> {
     let Ok(frame) = serde_json::from_str::<Value>(text) else {
-        return Some(json!({"type": "error", "ref": null, "code": "malformed_frame", "detail": "frames are JSON objects with a type"}));
+        return Some(
+            json!({"type": "error", "ref": null, "code": "malformed_frame", "detail": "frames are JSON objects with a type"}),
+        );
     };
     let reference = frame.get("ref").cloned().unwrap_or(Value::Null);
     match frame.get("type").and_then(Value::as_str) {
         Some("ping") => Some(json!({"type": "pong", "ref": reference})),
-        _ => Some(json!({"type": "error", "ref": reference, "code": "unsupported_frame", "detail": "this frame type is not supported yet"})),
+        _ => Some(
+            json!({"type": "error", "ref": reference, "code": "unsupported_frame", "detail": "this frame type is not supported yet"}),
+        ),
     }
 }
-

@@ -40,9 +40,12 @@ pub fn decode(token: &str) -> Option<StreamPosition> {
 
 /// The header pair for a command response.
 pub fn header(position: &StreamPosition) -> (axum::http::HeaderName, HeaderValue) {
-    let value = HeaderValue::from_str(&encode(position))
-        .unwrap_or_else(|_| HeaderValue::from_static(""));
-    (axum::http::HeaderName::from_static(CONSISTENCY_TOKEN), value)
+    let value =
+        HeaderValue::from_str(&encode(position)).unwrap_or_else(|_| HeaderValue::from_static(""));
+    (
+        axum::http::HeaderName::from_static(CONSISTENCY_TOKEN),
+        value,
+    )
 }
 
 /// Waits for the read models to include the write named by the request's consistency token,
@@ -51,11 +54,12 @@ pub async fn wait_for_request_token(pool: &PgPool, headers: &HeaderMap) -> Resul
     let Some(value) = headers.get(CONSISTENCY_TOKEN) else {
         return Ok(());
     };
-    let position = value
-        .to_str()
-        .ok()
-        .and_then(decode)
-        .ok_or_else(|| ApiError::bad_request("invalid_consistency_token", "X-Consistency-Token is not a token this server issued"))?;
+    let position = value.to_str().ok().and_then(decode).ok_or_else(|| {
+        ApiError::bad_request(
+            "invalid_consistency_token",
+            "X-Consistency-Token is not a token this server issued",
+        )
+    })?;
     let applied = store::projection::wait_until_applied(pool, &position, WAIT_LIMIT).await?;
     if applied {
         Ok(())

@@ -82,15 +82,22 @@ impl Authenticator {
     /// Verifies a bearer token and checks it is not revoked.
     pub async fn authenticate(&self, token: &str) -> Result<Caller, ApiError> {
         let claims = self.tokens.verify(token).map_err(|error| match error {
-            TokenError::Expired => ApiError::unauthorized("token_expired", "the access token has expired"),
-            TokenError::Invalid => ApiError::unauthorized("invalid_token", "the access token is invalid"),
-        })?;
-        self.revocations.check(&claims).await.map_err(|error| match error {
-            RevocationError::Revoked => {
-                ApiError::unauthorized("token_revoked", "the access token has been revoked")
+            TokenError::Expired => {
+                ApiError::unauthorized("token_expired", "the access token has expired")
             }
-            RevocationError::Unavailable(cause) => ApiError::unavailable(cause),
+            TokenError::Invalid => {
+                ApiError::unauthorized("invalid_token", "the access token is invalid")
+            }
         })?;
+        self.revocations
+            .check(&claims)
+            .await
+            .map_err(|error| match error {
+                RevocationError::Revoked => {
+                    ApiError::unauthorized("token_revoked", "the access token has been revoked")
+                }
+                RevocationError::Unavailable(cause) => ApiError::unavailable(cause),
+            })?;
         Ok(Caller {
             user_id: claims.sub,
             claims,
@@ -116,7 +123,10 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let authenticator = Arc::<Authenticator>::from_ref(state);
         let token = bearer_token(parts).ok_or_else(|| {
-            ApiError::unauthorized("missing_token", "an Authorization: Bearer token is required")
+            ApiError::unauthorized(
+                "missing_token",
+                "an Authorization: Bearer token is required",
+            )
         })?;
         authenticator.authenticate(token).await
     }

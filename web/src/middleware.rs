@@ -27,7 +27,9 @@ pub async fn request_id(mut request: Request, next: Next) -> Response {
         })
         .map(str::to_owned);
     let request_id = supplied.unwrap_or_else(|| Uuid::now_v7().to_string());
-    request.extensions_mut().insert(RequestId(request_id.clone()));
+    request
+        .extensions_mut()
+        .insert(RequestId(request_id.clone()));
     let span = tracing::info_span!(
         "request",
         request_id = %request_id,
@@ -58,7 +60,10 @@ pub async fn metrics(request: Request, next: Next) -> Response {
     metrics::histogram!("chat_http_request_duration_seconds", &labels)
         .record(started.elapsed().as_secs_f64());
     if started.elapsed().as_millis() > 1000 {
-        tracing::warn!(elapsed_ms = started.elapsed().as_millis() as u64, "slow request");
+        tracing::warn!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "slow request"
+        );
     }
     response
 }

@@ -1,0 +1,9 @@
+//! End-to-end tests against real Postgres, Redis and RabbitMQ. Each test owns a database and
+//! a namespace, so they run in parallel.
+
+mod accounts;
+mod auth;
+mod helpers;
+mod operations;
+mod proxy;
+mod spine;

@@ -1,0 +1,215 @@
+//! Health, readiness, metrics, the OpenAPI document, the reference page, request ids,
+//! graceful shutdown, and the compose file.
+
+use reqwest::StatusCode;
+use serde_json::Value;
+use std::collections::BTreeSet;
+
+use crate::helpers::{header, json_body, spawn_app};
+
+#[tokio::test]
+async fn health_readiness_and_metrics() {
+    let app = spawn_app().await;
+    assert_eq!(
+        app.get("/healthz", None, None).await.status(),
+        StatusCode::OK
+    );
+    let ready = app.get("/readyz", None, None).await;
+    assert_eq!(ready.status(), StatusCode::OK);
+    let ready = json_body(ready).await;
+    assert_eq!(
+        (
+            ready["postgres"].as_str(),
+            ready["redis"].as_str(),
+            ready["rabbitmq"].as_str()
+        ),
+        (Some("ok"), Some("ok"), Some("ok"))
+    );
+
+    app.register("metered").await;
+    let metrics = app
+        .get("/metrics", None, None)
+        .await
+        .text()
+        .await
+        .unwrap_or_default();
+    for name in [
+        "chat_http_requests_total",
+        "chat_http_request_duration_seconds",
+        "chat_outbox_backlog",
+        "chat_outbox_lag_seconds",
+        "chat_read_model_lag_ms",
+        "chat_queue_depth",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from /metrics");
+    }
+    assert!(metrics.contains("route=\"/api/v1/auth/register\""));
+}
+
+#[tokio::test]
+async fn request_ids_are_returned_and_kept() {
+    let app = spawn_app().await;
+    let generated = app.get("/healthz", None, None).await;
+    assert!(header(&generated, "x-request-id").is_some_and(|id| id.len() == 36));
+    let supplied = app
+        .client
+        .get(app.url("/healthz"))
+        .header("x-request-id", "client-chosen-42")
+        .send()
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(
+        header(&supplied, "x-request-id").as_deref(),
+        Some("client-chosen-42")
+    );
+    let problem = app.get("/api/v1/users/me", None, None).await;
+    assert!(
+        header(&problem, "x-request-id").is_some(),
+        "errors carry request ids too"
+    );
+}
+
+#[tokio::test]
+async fn openapi_document_lists_every_route_and_docs_are_served_offline() {
+    let app = spawn_app().await;
+    let document = json_body(app.get("/api/v1/openapi.json", None, None).await).await;
+    assert!(
+        document["openapi"]
+            .as_str()
+            .is_some_and(|version| version.starts_with("3.1")),
+        "{}",
+        document["openapi"]
+    );
+    let mut routes = BTreeSet::new();
+    if let Some(paths) = document["paths"].as_object() {
+        for (path, operations) in paths {
+            for method in operations
+                .as_object()
+                .map(|methods| methods.keys().cloned().collect::<Vec<_>>())
+                .unwrap_or_default()
+            {
+                routes.insert(format!("{} {path}", method.to_uppercase()));
+            }
+        }
+    }
+    for expected in [
+        "GET /healthz",
+        "GET /readyz",
+        "POST /api/v1/auth/register",
+        "POST /api/v1/auth/login",
+        "POST /api/v1/auth/refresh",
+        "POST /api/v1/auth/logout",
+        "GET /api/v1/users",
+        "GET /api/v1/users/{user_id}",
+        "GET /api/v1/users/me",
+        "PATCH /api/v1/users/me",
+        "POST /api/v1/users/me/password",
+    ] {
+        assert!(
+            routes.contains(expected),
+            "{expected} missing; have {routes:?}"
+        );
+    }
+    assert!(document["components"]["securitySchemes"]["bearer"].is_object());
+
+    let page = app.get("/docs/", None, None).await;
+    assert_eq!(page.status(), StatusCode::OK);
+    let html = page.text().await.unwrap_or_default();
+    assert!(html.contains("swagger-ui"), "{html}");
+    assert!(!html.contains("cdn."), "the page must not load from a CDN");
+    let script = app.get("/docs/swagger-ui-bundle.js", None, None).await;
+    assert_eq!(script.status(), StatusCode::OK);
+    assert!(
+        script.text().await.unwrap_or_default().len() > 100_000,
+        "the bundle is embedded"
+    );
+}
+
+#[tokio::test]
+async fn graceful_shutdown_finishes_and_stops_listening() {
+    let mut app = spawn_app().await;
+    app.register("leaving").await;
+    let server = app.server.take();
+    app.shutdown.cancel();
+    let finished = tokio::time::timeout(std::time::Duration::from_secs(10), async move {
+        match server {
+            Some(server) => server.await.map(|result| result.is_ok()).unwrap_or(false),
+            None => false,
+        }
+    })
+    .await;
+    assert_eq!(finished.ok(), Some(true), "the app did not stop cleanly");
+    assert!(
+        app.client.get(app.url("/healthz")).send().await.is_err(),
+        "still listening after shutdown"
+    );
+}
+
+#[test]
+fn compose_file_parses_and_names_only_services_it_defines() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../compose.yaml"))
+        .unwrap_or_else(|error| panic!("compose.yaml: {error}"));
+    let mut yaml: serde_yaml::Value = serde_yaml::from_str(&text)
+        .unwrap_or_else(|error| panic!("compose.yaml does not parse: {error}"));
+    // Compose resolves `<<: *anchor` merge keys; so must we before looking at services.
+    yaml.apply_merge()
+        .unwrap_or_else(|error| panic!("compose.yaml merge keys: {error}"));
+    let compose: Value = serde_json::to_value(&yaml).unwrap_or_else(|error| panic!("{error}"));
+    let services = compose["services"]
+        .as_object()
+        .unwrap_or_else(|| panic!("no services"));
+    for required in [
+        "postgres",
+        "redis",
+        "rabbitmq",
+        "command-api",
+        "query-api",
+        "projector",
+        "socket-push",
+        "edge",
+    ] {
+        assert!(
+            services.contains_key(required),
+            "compose.yaml lacks {required}"
+        );
+    }
+    for (name, service) in services {
+        let depends_on: Vec<String> = match &service["depends_on"] {
+            Value::Array(list) => list
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect(),
+            Value::Object(map) => map.keys().cloned().collect(),
+            _ => Vec::new(),
+        };
+        for dependency in depends_on {
+            assert!(
+                services.contains_key(&dependency),
+                "{name} depends on undefined {dependency}"
+            );
+        }
+        assert!(
+            service["image"].is_string()
+                || service["build"].is_object()
+                || service["build"].is_string(),
+            "{name} has no image"
+        );
+    }
+    for role in ["command-api", "query-api", "projector", "socket-push"] {
+        let command = services[role]["command"].to_string();
+        assert!(
+            command.contains(role),
+            "{role} does not run its role: {command}"
+        );
+    }
+    let edge_config =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/nginx.conf"))
+            .unwrap_or_else(|error| panic!("deploy/nginx.conf: {error}"));
+    for upstream in ["command-api", "query-api", "socket-push", "/api/v1/ws"] {
+        assert!(
+            edge_config.contains(upstream),
+            "the edge does not route {upstream}"
+        );
+    }
+}

@@ -1,0 +1,365 @@
+//! The spine under failure: crashes mid-batch, transactions that commit out of order, poison
+//! messages, and links cut under a running app.
+
+use bus::{EventMessage, OutboxRelay, Processed, RelayOptions, Topology};
+use chatd::Roles;
+use futures::StreamExt;
+use lapin::BasicProperties;
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use projector::{Projector, ProjectorOptions};
+use reqwest::StatusCode;
+use serde_json::json;
+use std::time::Duration;
+use uuid::Uuid;
+
+use crate::helpers::{
+    PASSWORD, TestApp, eventually, fresh_settings, header, spawn_app, spawn_app_with,
+};
+use crate::proxy::Proxy;
+
+/// HTTP on, relay and projector off: the test drives them.
+const HTTP_ONLY: Roles = Roles {
+    command: true,
+    relay: false,
+    query: true,
+    projector: false,
+    push: false,
+};
+
+fn relay(app: &TestApp, crash_after: Option<usize>) -> OutboxRelay {
+    OutboxRelay::new(RelayOptions {
+        database_url: app.settings.database_url.clone(),
+        amqp_url: app.settings.amqp_url.clone(),
+        topology: Topology::new(&app.settings.namespace),
+        batch_size: 500,
+        crash_after,
+    })
+}
+
+fn projector(app: &TestApp, crash_after: Option<usize>) -> Projector {
+    Projector::new(
+        app.pool.clone(),
+        ProjectorOptions {
+            amqp_url: app.settings.amqp_url.clone(),
+            topology: Topology::new(&app.settings.namespace),
+            batch_size: 4,
+            crash_after,
+        },
+    )
+}
+
+async fn drain_relay(relay: &mut OutboxRelay) -> usize {
+    let mut total = 0;
+    loop {
+        match relay.publish_next_batch().await {
+            Ok(Processed::Events(count)) => total += count,
+            Ok(Processed::Idle) => return total,
+            Err(error) => panic!("relay failed: {error:#}"),
+        }
+    }
+}
+
+async fn drain_projector(projector: &mut Projector) -> usize {
+    let mut total = 0;
+    loop {
+        match projector
+            .process_next_batch(Duration::from_millis(1500))
+            .await
+        {
+            Ok(Processed::Events(count)) => total += count,
+            Ok(Processed::Idle) => return total,
+            Err(error) => panic!("projector failed: {error:#}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn relay_and_projector_crashing_mid_batch_apply_every_event_exactly_once() {
+    let app = spawn_app_with(fresh_settings(), HTTP_ONLY).await;
+    let mut users = Vec::new();
+    for index in 0..3 {
+        let user = app.register(&format!("crash{index}")).await;
+        for _ in 0..2 {
+            assert_eq!(
+                app.login(&user.username, PASSWORD).await.status(),
+                StatusCode::OK
+            );
+        }
+        users.push(user);
+    }
+    let stored = app.event_count().await;
+    assert_eq!(stored, 12);
+
+    // The relay dies after publishing 5 of 12 events, before marking any published.
+    let crashed = relay(&app, Some(5)).publish_next_batch().await;
+    assert!(crashed.is_err());
+    let unpublished: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap_or_default();
+    assert_eq!(
+        unpublished, 12,
+        "nothing may count as published before it is confirmed"
+    );
+    // Restarted, it sends everything, so 5 events reach the broker twice.
+    assert_eq!(drain_relay(&mut relay(&app, None)).await, 12);
+
+    // The projector dies after committing a batch, before acking it.
+    let mut crashing = projector(&app, Some(6));
+    let mut crashed = false;
+    for _ in 0..10 {
+        if crashing
+            .process_next_batch(Duration::from_millis(1500))
+            .await
+            .is_err()
+        {
+            crashed = true;
+            break;
+        }
+    }
+    assert!(crashed, "the projector was meant to crash");
+    drop(crashing);
+    // Restarted, it gets the unacked batch again plus the rest, and the duplicates.
+    let delivered = drain_projector(&mut projector(&app, None)).await;
+    assert!(delivered >= 17 - 6, "delivered {delivered}");
+
+    for user in &users {
+        let (last, applied): (i64, i64) = sqlx::query_as(
+            "SELECT last_sequence, applied_count FROM projection_positions WHERE aggregate_type = 'account' AND aggregate_id = $1",
+        )
+        .bind(user.id.to_string())
+        .fetch_one(&app.pool)
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+        assert_eq!((last, applied), (4, 4), "every event applied exactly once");
+        let logins: i64 = sqlx::query_scalar("SELECT login_count FROM users WHERE id = $1")
+            .bind(user.id)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap_or_default();
+        assert_eq!(logins, 3);
+    }
+}
+
+#[tokio::test]
+async fn a_transaction_that_commits_late_is_still_published() {
+    let app = spawn_app_with(fresh_settings(), HTTP_ONLY).await;
+    let connection = bus::connect(&app.settings.amqp_url, "test-observer")
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    let channel = connection
+        .create_channel()
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    let observer = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    channel
+        .queue_bind(
+            observer.name().clone(),
+            Topology::new(&app.settings.namespace)
+                .events_exchange()
+                .into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+
+    let insert = "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+                  VALUES ('probe', $1, 1, 'ProbeHappened', '1.0', '{}', '{}')";
+    // A takes its outbox id first and holds its transaction open...
+    let mut held_open = app
+        .pool
+        .begin()
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    sqlx::query(insert)
+        .bind("A")
+        .execute(&mut *held_open)
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    // ...while B, with a larger id, commits and is published.
+    sqlx::query(insert)
+        .bind("B")
+        .execute(&app.pool)
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    let mut relay = relay(&app, None);
+    assert_eq!(
+        relay.publish_next_batch().await.ok(),
+        Some(Processed::Events(1))
+    );
+    assert_eq!(relay.publish_next_batch().await.ok(), Some(Processed::Idle));
+    // A commits late. A high-water mark would now skip it.
+    held_open
+        .commit()
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(
+        relay.publish_next_batch().await.ok(),
+        Some(Processed::Events(1))
+    );
+
+    let mut consumer = channel
+        .basic_consume(
+            observer.name().clone(),
+            "observer".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let delivery = tokio::time::timeout(Duration::from_secs(5), consumer.next()).await;
+        let Ok(Some(Ok(delivery))) = delivery else {
+            panic!("missing a published event; saw {seen:?}")
+        };
+        let message: EventMessage =
+            serde_json::from_slice(&delivery.data).unwrap_or_else(|error| panic!("{error}"));
+        seen.push(message.aggregate_id);
+    }
+    assert_eq!(seen, ["B", "A"]);
+}
+
+#[tokio::test]
+async fn poison_messages_are_dead_lettered_without_blocking_the_queue() {
+    let app = spawn_app().await;
+    let topology = Topology::new(&app.settings.namespace);
+    let connection = bus::connect(&app.settings.amqp_url, "test-poisoner")
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    let channel = connection
+        .create_channel()
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    // One message that is not an event at all, one that is an event nobody can apply.
+    let unreadable = b"this is not json".to_vec();
+    let unappliable = serde_json::to_vec(&json!({
+        "aggregate_type": "account", "aggregate_id": Uuid::now_v7().to_string(), "sequence": 1,
+        "event_type": "AccountExploded", "event_version": "1.0",
+        "payload": {"Exploded": {}}, "metadata": {}
+    }))
+    .unwrap_or_default();
+    for body in [unreadable, unappliable] {
+        channel
+            .basic_publish(
+                topology.events_exchange().into(),
+                "account.Poison".into(),
+                BasicPublishOptions::default(),
+                &body,
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .unwrap_or_else(|error| panic!("{error}"))
+            .await
+            .unwrap_or_else(|error| panic!("{error}"));
+    }
+    // Real traffic behind them still flows.
+    let user = app.register("after_poison").await;
+    let response = app
+        .get(
+            "/api/v1/users/me",
+            Some(&user.access_token),
+            Some(&user.consistency_token),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+
+    let dead_lettered = eventually(Duration::from_secs(20), || async {
+        Topology::queue_depth(&channel, &topology.projector_dead_letter_queue())
+            .await
+            .unwrap_or(0)
+            == 2
+    })
+    .await;
+    assert!(
+        dead_lettered,
+        "both poison messages should end in the dead-letter queue"
+    );
+}
+
+#[tokio::test]
+async fn every_link_reconnects_after_it_is_cut() {
+    let postgres = Proxy::start("127.0.0.1:5432").await;
+    let redis = Proxy::start("127.0.0.1:6379").await;
+    let rabbitmq = Proxy::start("127.0.0.1:5672").await;
+    let mut settings = fresh_settings();
+    let database = settings
+        .database_url
+        .rsplit_once('/')
+        .map(|(_, name)| name.to_owned())
+        .unwrap_or_default();
+    settings.database_url = format!("postgres://postgres@{}/{database}", postgres.address);
+    settings.redis_url = format!("redis://{}", redis.address);
+    settings.amqp_url = format!("amqp://guest:guest@{}/%2f", rabbitmq.address);
+    let app = spawn_app_with(settings, Roles::ALL).await;
+    let before = app.register("before_cut").await;
+    assert_eq!(
+        app.get(
+            "/api/v1/users/me",
+            Some(&before.access_token),
+            Some(&before.consistency_token)
+        )
+        .await
+        .status(),
+        StatusCode::OK
+    );
+
+    for proxy in [&postgres, &redis, &rabbitmq] {
+        proxy.cut();
+    }
+
+    // Writes work again once the pools and the broker links are back...
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut registered = None;
+    while registered.is_none() && tokio::time::Instant::now() < deadline {
+        let name = format!("after_{}", &Uuid::now_v7().simple().to_string()[20..]);
+        let response = app
+            .register_response(&name, &format!("{name}@example.com"), PASSWORD)
+            .await;
+        if response.status() == StatusCode::CREATED {
+            let consistency = header(&response, "x-consistency-token").unwrap_or_default();
+            let body: serde_json::Value = response.json().await.unwrap_or_default();
+            registered = Some((
+                body["access_token"].as_str().unwrap_or_default().to_owned(),
+                consistency,
+            ));
+        } else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let recovered = registered.is_some();
+    assert!(
+        recovered,
+        "registration did not recover after the links were cut"
+    );
+    // ...and the event travels the relay, RabbitMQ and the projector again.
+    let (token, consistency) = registered.unwrap_or_default();
+    let response = app
+        .get("/api/v1/users/me", Some(&token), Some(&consistency))
+        .await;
+    assert_eq!(
+        response.status(),
+        StatusCode::OK,
+        "the read model did not catch up after the cut"
+    );
+}

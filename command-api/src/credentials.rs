@@ -196,6 +196,15 @@ pub enum Rotation {
     Invalid,
 }
 
+#[derive(sqlx::FromRow)]
+struct RefreshRow {
+    user_id: Uuid,
+    session_id: Uuid,
+    expires_at: DateTime<Utc>,
+    spent_at: Option<DateTime<Utc>>,
+    revoked_at: Option<DateTime<Utc>>,
+}
+
 /// Spends a refresh token and issues its successor, in one transaction. Concurrent uses of
 /// one token are serialized by the row lock: the second one counts as reuse.
 pub async fn rotate_refresh_token(
@@ -204,13 +213,7 @@ pub async fn rotate_refresh_token(
     lifetime: Duration,
 ) -> sqlx::Result<Rotation> {
     let mut transaction = pool.begin().await?;
-    let row: Option<(
-        Uuid,
-        Uuid,
-        DateTime<Utc>,
-        Option<DateTime<Utc>>,
-        Option<DateTime<Utc>>,
-    )> = sqlx::query_as(
+    let row: Option<RefreshRow> = sqlx::query_as(
         "SELECT s.user_id, r.session_id, r.expires_at, r.spent_at, s.revoked_at
                FROM refresh_tokens r JOIN auth_sessions s USING (session_id)
               WHERE r.token_hash = $1
@@ -219,7 +222,14 @@ pub async fn rotate_refresh_token(
     .bind(hash_token(token))
     .fetch_optional(&mut *transaction)
     .await?;
-    let Some((user_id, session_id, expires_at, spent_at, revoked_at)) = row else {
+    let Some(RefreshRow {
+        user_id,
+        session_id,
+        expires_at,
+        spent_at,
+        revoked_at,
+    }) = row
+    else {
         return Ok(Rotation::Invalid);
     };
     if revoked_at.is_some() {

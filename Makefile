@@ -1,0 +1,13 @@
+.PHONY: run test bench-relay
+
+# Sets up Postgres, Redis and RabbitMQ if missing, then runs `chatd serve` on 127.0.0.1:8080.
+run:
+	./scripts/run.sh
+
+# The whole suite (what CI runs).
+test:
+	./scripts/test.sh
+
+# Outbox relay throughput: events/s from the outbox to the broker's confirm.
+bench-relay:
+	cargo run --release --locked -p chatd --example relay_bench -- 100000

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Makes sure Postgres, Redis and RabbitMQ answer on their standard local ports: starts each
+# one that is installed but stopped, and installs it from the distribution's packages when it
+# is missing (Debian/Ubuntu, as root or with sudo). Sourced by run.sh and test.sh.
+set -euo pipefail
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+    echo "need root to run: $*" >&2; return 1; fi
+}
+
+apt_updated=0
+install_packages() {
+  command -v apt-get >/dev/null || { echo "cannot install $* here: no apt-get; install it yourself" >&2; return 1; }
+  if [ "$apt_updated" = 0 ]; then as_root apt-get update -qq; apt_updated=1; fi
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_for_port() { # port name
+  for _ in $(seq 1 60); do port_open "$1" && return 0; sleep 1; done
+  echo "$2 did not come up on port $1" >&2; return 1
+}
+
+ensure_postgres() {
+  port_open 5432 && return 0
+  command -v pg_ctlcluster >/dev/null || install_packages postgresql
+  local version; version=$(ls /etc/postgresql | sort -V | tail -n1)
+  # Local trust auth for the postgres user, as on the development and CI machines.
+  local hba="/etc/postgresql/$version/main/pg_hba.conf"
+  if ! as_root grep -q '^host all all 127.0.0.1/32 trust' "$hba"; then
+    as_root sed -i '1i host all all 127.0.0.1/32 trust\nhost all all ::1/128 trust' "$hba"
+  fi
+  as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
+  wait_for_port 5432 postgres
+}
+
+ensure_redis() {
+  port_open 6379 && return 0
+  command -v redis-server >/dev/null || install_packages redis-server
+  as_root mkdir -p /var/lib/redis /var/log/redis
+  as_root redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
+    --dir /var/lib/redis --logfile /var/log/redis/ci.log
+  wait_for_port 6379 redis
+}
+
+ensure_rabbitmq() {
+  port_open 5672 && return 0
+  command -v rabbitmq-server >/dev/null || install_packages rabbitmq-server
+  as_root rabbitmq-server -detached || true
+  wait_for_port 5672 rabbitmq
+}
+
+ensure_services() {
+  ensure_postgres
+  ensure_redis
+  ensure_rabbitmq
+}
+
+ensure_rust() {
+  command -v cargo >/dev/null || { echo "cargo is missing: install Rust with rustup (https://rustup.rs)" >&2; return 1; }
+}

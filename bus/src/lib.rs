@@ -30,6 +30,39 @@ pub async fn connect(amqp_url: &str, connection_name: &str) -> anyhow::Result<Co
     Ok(connection)
 }
 
+/// One long-lived connection for occasional checks (readiness, metrics), reopened when it has
+/// dropped, so a probe every few seconds does not open a connection each time.
+pub struct SharedConnection {
+    amqp_url: String,
+    name: String,
+    connection: tokio::sync::Mutex<Option<Connection>>,
+}
+
+impl SharedConnection {
+    pub fn new(amqp_url: &str, name: &str) -> Self {
+        Self {
+            amqp_url: amqp_url.to_owned(),
+            name: name.to_owned(),
+            connection: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// A fresh channel on the shared connection; close it when done.
+    pub async fn channel(&self) -> anyhow::Result<lapin::Channel> {
+        let mut connection = self.connection.lock().await;
+        if let Some(open) = connection.as_ref()
+            && open.status().connected()
+            && let Ok(channel) = open.create_channel().await
+        {
+            return Ok(channel);
+        }
+        let opened = connect(&self.amqp_url, &self.name).await?;
+        let channel = opened.create_channel().await?;
+        *connection = Some(opened);
+        Ok(channel)
+    }
+}
+
 /// Exponential backoff for reconnect loops: 100 ms doubling up to 5 s.
 #[derive(Debug)]
 pub struct Backoff {

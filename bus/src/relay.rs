@@ -197,7 +197,15 @@ impl OutboxRelay {
             if listener.is_none() {
                 listener = listen(&pool).await;
             }
-            match self.publish_next_batch().await {
+            let outcome = self.publish_next_batch().await;
+            // Pruned on a timer whether busy or idle, so a steady load does not grow the outbox.
+            if last_prune.elapsed() > Duration::from_secs(2) {
+                last_prune = tokio::time::Instant::now();
+                if let Err(error) = Self::prune(&pool).await {
+                    tracing::warn!(%error, "pruning the outbox failed");
+                }
+            }
+            match outcome {
                 Ok(Processed::Events(_)) => {
                     backoff.reset();
                     continue;
@@ -210,12 +218,6 @@ impl OutboxRelay {
                         () = shutdown.cancelled() => {}
                     }
                     continue;
-                }
-            }
-            if last_prune.elapsed() > Duration::from_secs(2) {
-                last_prune = tokio::time::Instant::now();
-                if let Err(error) = Self::prune(&pool).await {
-                    tracing::warn!(%error, "pruning the outbox failed");
                 }
             }
             let wait = async {

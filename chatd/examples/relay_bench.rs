@@ -17,8 +17,16 @@ const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut arguments = std::env::args().skip(1);
-    let events: i64 = arguments.next().map(|text| text.parse()).transpose()?.unwrap_or(100_000);
-    let batch_size: i64 = arguments.next().map(|text| text.parse()).transpose()?.unwrap_or(500);
+    let events: i64 = arguments
+        .next()
+        .map(|text| text.parse())
+        .transpose()?
+        .unwrap_or(100_000);
+    let batch_size: i64 = arguments
+        .next()
+        .map(|text| text.parse())
+        .transpose()?
+        .unwrap_or(500);
     let id = Uuid::now_v7().simple().to_string();
     let database_url = format!("{POSTGRES}/chat_bench_{id}");
     let namespace = format!("bench_{id}");
@@ -53,7 +61,10 @@ async fn run(
     .bind(events)
     .execute(pool)
     .await?;
-    println!("seeded {events} events in {:.1} s", seeding.elapsed().as_secs_f64());
+    println!(
+        "seeded {events} events in {:.1} s",
+        seeding.elapsed().as_secs_f64()
+    );
 
     let mut relay = OutboxRelay::new(RelayOptions {
         database_url: database_url.to_owned(),
@@ -82,7 +93,10 @@ async fn run(
     println!(
         "relay: {timed} events in {seconds:.2} s = {rate:.0} events/s (batch {batch_size}, outbox → broker confirm; {published} published in all)"
     );
-    anyhow::ensure!(published as i64 == events, "published {published} of {events}");
+    anyhow::ensure!(
+        published as i64 == events,
+        "published {published} of {events}"
+    );
     Ok(())
 }
 
@@ -91,15 +105,21 @@ async fn cleanup(database_url: &str, topology: &Topology) {
     if let Ok(connection) = bus::connect(AMQP, "bench-cleanup").await
         && let Ok(channel) = connection.create_channel().await
     {
-        for queue in [topology.projector_queue(), topology.projector_dead_letter_queue()] {
+        for queue in [
+            topology.projector_queue(),
+            topology.projector_dead_letter_queue(),
+        ] {
             let _ = channel.queue_delete(queue.into(), Default::default()).await;
         }
         for exchange in [topology.events_exchange(), topology.dead_letter_exchange()] {
-            let _ = channel.exchange_delete(exchange.into(), Default::default()).await;
+            let _ = channel
+                .exchange_delete(exchange.into(), Default::default())
+                .await;
         }
     }
     if let Some((_, name)) = database_url.rsplit_once('/')
-        && let Ok(mut connection) = sqlx::PgConnection::connect(&format!("{POSTGRES}/postgres")).await
+        && let Ok(mut connection) =
+            sqlx::PgConnection::connect(&format!("{POSTGRES}/postgres")).await
     {
         let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
             .execute(&mut connection)

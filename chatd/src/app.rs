@@ -159,12 +159,32 @@ impl App {
         let ops_state = ops::OpsState {
             pool: self.pool.clone(),
             redis: self.redis.clone(),
-            amqp_url: self.settings.amqp_url.clone(),
+            amqp: Arc::new(bus::SharedConnection::new(
+                &self.settings.amqp_url,
+                "chatd-ops",
+            )),
             namespace: self.settings.namespace.clone(),
             metrics: ops::metrics_handle(),
         };
+        let trusted_proxies =
+            self.settings
+                .trusted_proxies
+                .iter()
+                .filter(|proxy| !proxy.is_empty())
+                .map(|proxy| {
+                    proxy.trim().parse::<std::net::IpAddr>().with_context(|| {
+                        format!("CHAT_TRUSTED_PROXIES: {proxy} is not an IP address")
+                    })
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(router
             .merge(ops::router(ops_state, openapi()))
+            .fallback(not_found)
+            .method_not_allowed_fallback(method_not_allowed)
+            .layer(axum::middleware::from_fn_with_state(
+                Arc::new(trusted_proxies),
+                web::middleware::client_address,
+            ))
             .layer(axum::middleware::from_fn(web::middleware::metrics))
             .layer(axum::middleware::from_fn(web::middleware::request_id))
             .layer(DefaultBodyLimit::max(self.settings.max_json_bytes)))
@@ -215,6 +235,18 @@ impl App {
         tracing::info!("chatd stopped");
         served
     }
+}
+
+async fn not_found() -> web::ApiError {
+    web::ApiError::not_found("route_not_found", "no such route")
+}
+
+async fn method_not_allowed() -> web::ApiError {
+    web::ApiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method",
+    )
 }
 
 /// The OpenAPI document of every REST route, whatever roles this process plays.

@@ -95,6 +95,14 @@ pub struct Settings {
     /// Largest JSON request body in bytes.
     #[arg(long, env = "CHAT_MAX_JSON_BYTES", default_value_t = 64 * 1024)]
     pub max_json_bytes: usize,
+    /// Comma-separated IPs of reverse proxies whose `X-Forwarded-For` is believed (the edge).
+    #[arg(
+        long,
+        env = "CHAT_TRUSTED_PROXIES",
+        value_delimiter = ',',
+        default_value = ""
+    )]
+    pub trusted_proxies: Vec<String>,
     /// Log format: `text` or `json`.
     #[arg(long, env = "CHAT_LOG_FORMAT", default_value = "text")]
     pub log_format: String,

@@ -7,7 +7,7 @@ use axum::routing::get;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::json;
 use sqlx::PgPool;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use utoipa::OpenApi;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
@@ -18,7 +18,7 @@ use web::ApiError;
 pub struct OpsState {
     pub pool: PgPool,
     pub redis: redis::aio::ConnectionManager,
-    pub amqp_url: String,
+    pub amqp: Arc<bus::SharedConnection>,
     pub namespace: String,
     pub metrics: PrometheusHandle,
 }
@@ -87,12 +87,12 @@ pub async fn readyz(State(state): State<OpsState>) -> Response {
     let ping =
         tokio::time::timeout(limit, redis::cmd("PING").query_async::<String>(&mut redis)).await;
     let redis_ok = matches!(ping, Ok(Ok(_)));
-    let rabbitmq_ok = match bus::connect(&state.amqp_url, "chatd-readyz").await {
-        Ok(connection) => {
-            let _ = connection.close(200, "readiness check".into()).await;
+    let rabbitmq_ok = match tokio::time::timeout(limit, state.amqp.channel()).await {
+        Ok(Ok(channel)) => {
+            let _ = channel.close(200, "readiness check".into()).await;
             true
         }
-        Err(_) => false,
+        _ => false,
     };
     let failing: Vec<&str> = [
         ("postgres", postgres_ok),
@@ -135,19 +135,18 @@ async fn metrics_text(State(state): State<OpsState>) -> Response {
     if let Ok(lag) = store::projection::read_model_lag_ms(&state.pool).await {
         metrics::gauge!("chat_read_model_lag_ms").set(lag as f64);
     }
-    if let Ok(connection) = bus::connect(&state.amqp_url, "chatd-metrics").await {
-        if let Ok(channel) = connection.create_channel().await {
-            let topology = bus::Topology::new(&state.namespace);
-            for (label, queue) in [
-                ("projector", topology.projector_queue()),
-                ("projector.dlq", topology.projector_dead_letter_queue()),
-            ] {
-                if let Ok(depth) = bus::Topology::queue_depth(&channel, &queue).await {
-                    metrics::gauge!("chat_queue_depth", "queue" => label).set(depth);
-                }
+    if let Ok(channel) = state.amqp.channel().await {
+        let topology = bus::Topology::new(&state.namespace);
+        for (label, queue) in [
+            ("projector", topology.projector_queue()),
+            ("projector.dlq", topology.projector_dead_letter_queue()),
+        ] {
+            // A failed passive declare closes the channel, so each queue is asked in turn.
+            if let Ok(depth) = bus::Topology::queue_depth(&channel, &queue).await {
+                metrics::gauge!("chat_queue_depth", "queue" => label).set(depth);
             }
         }
-        let _ = connection.close(200, "metrics scraped".into()).await;
+        let _ = channel.close(200, "metrics scraped".into()).await;
     }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

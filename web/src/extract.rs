@@ -145,7 +145,8 @@ fn bearer_token(parts: &Parts) -> Option<&str> {
         .filter(|token| !token.is_empty())
 }
 
-/// The client's IP address as the listener saw it (`"unknown"` without connect info).
+/// The client's IP address: set by [`crate::middleware::client_address`] (which honours
+/// `X-Forwarded-For` from trusted proxies), else the TCP peer, else `"unknown"`.
 #[derive(Clone, Debug)]
 pub struct ClientAddress(pub String);
 
@@ -153,6 +154,9 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientAddress {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        if let Some(address) = parts.extensions.get::<ClientAddress>() {
+            return Ok(address.clone());
+        }
         let address = parts
             .extensions
             .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()

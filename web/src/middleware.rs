@@ -9,7 +9,9 @@ use std::time::Instant;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::RequestId;
+use crate::{ClientAddress, RequestId};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 pub const REQUEST_ID: &str = "x-request-id";
 
@@ -66,4 +68,38 @@ pub async fn metrics(request: Request, next: Next) -> Response {
         );
     }
     response
+}
+
+/// Works out the client's address. Behind a trusted proxy (the edge), the address is the last
+/// `X-Forwarded-For` hop that is not itself a trusted proxy; otherwise the TCP peer. A client
+/// cannot forge its address by sending the header straight to us.
+pub async fn client_address(
+    axum::extract::State(trusted): axum::extract::State<Arc<Vec<IpAddr>>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let peer = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+        .map(|info| info.0.ip());
+    let forwarded = request
+        .headers()
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|hop| hop.trim().parse::<IpAddr>().ok())
+        .collect::<Vec<_>>();
+    let address = match peer {
+        Some(peer) if trusted.contains(&peer) => forwarded
+            .iter()
+            .rev()
+            .find(|hop| !trusted.contains(hop))
+            .copied()
+            .or(Some(peer)),
+        other => other,
+    };
+    let address = address.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string());
+    request.extensions_mut().insert(ClientAddress(address));
+    next.run(request).await
 }

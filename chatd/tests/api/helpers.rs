@@ -43,6 +43,7 @@ pub fn fresh_settings() -> Settings {
         login_failures_per_account: 5,
         login_failures_per_address: 20,
         max_json_bytes: 64 * 1024,
+        trusted_proxies: vec!["127.0.0.1".to_owned()],
         log_format: "text".to_owned(),
     }
 }

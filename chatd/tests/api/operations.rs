@@ -213,3 +213,50 @@ fn compose_file_parses_and_names_only_services_it_defines() {
         );
     }
 }
+
+#[tokio::test]
+async fn readiness_names_each_dependency_that_is_down() {
+    use crate::proxy::Proxy;
+    let postgres = Proxy::start("127.0.0.1:5432").await;
+    let redis = Proxy::start("127.0.0.1:6379").await;
+    let rabbitmq = Proxy::start("127.0.0.1:5672").await;
+    let mut settings = crate::helpers::fresh_settings();
+    let database = settings
+        .database_url
+        .rsplit_once('/')
+        .map(|(_, name)| name.to_owned())
+        .unwrap_or_default();
+    settings.database_url = format!("postgres://postgres@{}/{database}", postgres.address);
+    settings.redis_url = format!("redis://{}", redis.address);
+    settings.amqp_url = format!("amqp://guest:guest@{}/%2f", rabbitmq.address);
+    let app = crate::helpers::spawn_app_with(settings, chatd::Roles::ALL).await;
+    assert_eq!(
+        app.get("/readyz", None, None).await.status(),
+        StatusCode::OK
+    );
+    for (name, proxy) in [
+        ("postgres", &postgres),
+        ("redis", &redis),
+        ("rabbitmq", &rabbitmq),
+    ] {
+        proxy.go_down();
+        let response = app.get("/readyz", None, None).await;
+        assert_eq!(
+            response.status(),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{name} down"
+        );
+        assert!(header(&response, "retry-after").is_some());
+        let detail = json_body(response).await["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert_eq!(detail, format!("unavailable: {name}"));
+        proxy.restore();
+        let back = crate::helpers::eventually(std::time::Duration::from_secs(15), || async {
+            app.get("/readyz", None, None).await.status() == StatusCode::OK
+        })
+        .await;
+        assert!(back, "not ready again after {name} came back");
+    }
+}

@@ -81,11 +81,8 @@ async fn run(
     };
     let started = Instant::now();
     let mut timed = 0usize;
-    loop {
-        match relay.publish_next_batch().await? {
-            Processed::Events(count) => timed += count,
-            Processed::Idle => break,
-        }
+    while let Processed::Events(count) = relay.publish_next_batch().await? {
+        timed += count;
     }
     let seconds = started.elapsed().as_secs_f64();
     published += timed;

@@ -58,6 +58,11 @@ ensure_services() {
   ensure_rabbitmq
 }
 
+# Headless Chromium, for the test that renders the API reference page in a real browser.
+ensure_chromium() {
+  command -v chromium >/dev/null || command -v chromium-browser >/dev/null || install_packages chromium
+}
+
 ensure_rust() {
   command -v cargo >/dev/null || { echo "cargo is missing: install Rust with rustup (https://rustup.rs)" >&2; return 1; }
 }

@@ -260,3 +260,110 @@ async fn readiness_names_each_dependency_that_is_down() {
         assert!(back, "not ready again after {name} came back");
     }
 }
+
+#[test]
+fn an_unreachable_dependency_is_a_one_line_error_naming_it() {
+    let binary = env!("CARGO_BIN_EXE_chatd");
+    let database_url = crate::helpers::fresh_settings().database_url;
+    let cases = [
+        (
+            "--amqp-url",
+            "amqp://guest:guest@127.0.0.1:1/%2f",
+            "cannot connect to RabbitMQ at amqp://guest:***@127.0.0.1:1/%2f",
+        ),
+        (
+            "--redis-url",
+            "redis://127.0.0.1:1",
+            "cannot connect to Redis at redis://127.0.0.1:1",
+        ),
+        (
+            "--database-url",
+            "postgres://postgres@127.0.0.1:1/chat",
+            "cannot reach Postgres at postgres://postgres@127.0.0.1:1/chat",
+        ),
+    ];
+    for (flag, url, expected) in cases {
+        let output = std::process::Command::new(binary)
+            .args(["serve", "--bind", "127.0.0.1:0", flag, url])
+            .env(
+                "DATABASE_URL",
+                "postgres://postgres@127.0.0.1:5432/chat_test_unreachable_check",
+            )
+            .env("CHAT_JWT_SECRET", "test-secret-test-secret-test-secret!")
+            .output()
+            .unwrap_or_else(|error| panic!("{error}"));
+        assert!(!output.status.success(), "{flag}: chatd started anyway");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let lines: Vec<&str> = stderr
+            .lines()
+            .filter(|line| !line.trim().is_empty())
+            .collect();
+        assert_eq!(lines.len(), 1, "{flag}: {stderr}");
+        assert!(
+            lines[0].starts_with("chatd: ") && lines[0].contains(expected),
+            "{flag}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    let split = std::process::Command::new(binary)
+        .args(["query-api", "--bind", "127.0.0.1:0"])
+        .env_remove("CHAT_JWT_SECRET")
+        .env(
+            "DATABASE_URL",
+            "postgres://postgres@127.0.0.1:5432/chat_test_unreachable_check",
+        )
+        .output()
+        .unwrap_or_else(|error| panic!("{error}"));
+    assert!(!split.status.success());
+    assert!(String::from_utf8_lossy(&split.stderr).contains("CHAT_JWT_SECRET is required"));
+}
+
+/// The reference page renders in a real browser from embedded assets: Swagger UI fetches the
+/// OpenAPI document and lists the operations. The browser may reach nothing but the app.
+#[tokio::test]
+async fn the_docs_page_renders_in_a_headless_browser() {
+    let app = spawn_app().await;
+    let browser = ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|name| {
+            std::process::Command::new(name)
+                .arg("--version")
+                .output()
+                .is_ok()
+        })
+        .unwrap_or_else(|| {
+            panic!("no Chromium found: scripts/test.sh installs it (apt-get install chromium)")
+        });
+    let profile = std::env::temp_dir().join(format!("chatd-docs-{}", uuid::Uuid::now_v7()));
+    let url = app.url("/docs/");
+    let output = tokio::process::Command::new(browser)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--virtual-time-budget=10000",
+            &format!("--user-data-dir={}", profile.display()),
+            "--dump-dom",
+            &url,
+        ])
+        .output()
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    let _ = std::fs::remove_dir_all(&profile);
+    let dom = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        dom.contains("swagger-ui"),
+        "no Swagger UI in the page: {dom}"
+    );
+    for operation in ["/api/v1/auth/register", "/api/v1/users/me", "/readyz"] {
+        assert!(
+            dom.contains(operation),
+            "{operation} not rendered; the page's script or the document failed to load"
+        );
+    }
+}

@@ -120,6 +120,22 @@ impl Topology {
         Ok(())
     }
 
+    /// Deletes every queue and exchange of the namespace (retiring a tenant, or a test).
+    pub async fn delete(&self, channel: &Channel) -> lapin::Result<()> {
+        use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+        for queue in [self.projector_queue(), self.projector_dead_letter_queue()] {
+            channel
+                .queue_delete(queue.into(), QueueDeleteOptions::default())
+                .await?;
+        }
+        for exchange in [self.events_exchange(), self.dead_letter_exchange()] {
+            channel
+                .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Messages waiting in a queue (a passive declare), for metrics and tests.
     pub async fn queue_depth(channel: &Channel, queue: &str) -> lapin::Result<u32> {
         let passive = QueueDeclareOptions {

@@ -270,22 +270,7 @@ pub async fn delete_namespace(settings: &Settings) {
     if let Ok(connection) = bus::connect(&settings.amqp_url, "test-cleanup").await
         && let Ok(channel) = connection.create_channel().await
     {
-        for queue in [
-            topology.projector_queue(),
-            topology.projector_dead_letter_queue(),
-        ] {
-            let _ = channel
-                .queue_delete(queue.into(), lapin::options::QueueDeleteOptions::default())
-                .await;
-        }
-        for exchange in [topology.events_exchange(), topology.dead_letter_exchange()] {
-            let _ = channel
-                .exchange_delete(
-                    exchange.into(),
-                    lapin::options::ExchangeDeleteOptions::default(),
-                )
-                .await;
-        }
+        let _ = topology.delete(&channel).await;
         let _ = connection.close(200, "cleanup".into()).await;
     }
     if let Ok(client) = redis::Client::open(settings.redis_url.as_str())
@@ -333,4 +318,34 @@ where
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The three servers, each behind a proxy the test can cut.
+pub struct Proxies {
+    pub postgres: crate::proxy::Proxy,
+    pub redis: crate::proxy::Proxy,
+    pub rabbitmq: crate::proxy::Proxy,
+}
+
+/// An app that reaches Postgres, Redis and RabbitMQ only through [`Proxies`].
+pub async fn spawn_app_behind_proxies() -> (TestApp, Proxies) {
+    use crate::proxy::Proxy;
+    let proxies = Proxies {
+        postgres: Proxy::start("127.0.0.1:5432").await,
+        redis: Proxy::start("127.0.0.1:6379").await,
+        rabbitmq: Proxy::start("127.0.0.1:5672").await,
+    };
+    let mut settings = fresh_settings();
+    let database = settings
+        .database_url
+        .rsplit_once('/')
+        .map(|(_, name)| name.to_owned())
+        .unwrap_or_default();
+    settings.database_url = format!(
+        "postgres://postgres@{}/{database}",
+        proxies.postgres.address
+    );
+    settings.redis_url = format!("redis://{}", proxies.redis.address);
+    settings.amqp_url = format!("amqp://guest:guest@{}/%2f", proxies.rabbitmq.address);
+    (spawn_app_with(settings, Roles::ALL).await, proxies)
 }

@@ -216,28 +216,15 @@ fn compose_file_parses_and_names_only_services_it_defines() {
 
 #[tokio::test]
 async fn readiness_names_each_dependency_that_is_down() {
-    use crate::proxy::Proxy;
-    let postgres = Proxy::start("127.0.0.1:5432").await;
-    let redis = Proxy::start("127.0.0.1:6379").await;
-    let rabbitmq = Proxy::start("127.0.0.1:5672").await;
-    let mut settings = crate::helpers::fresh_settings();
-    let database = settings
-        .database_url
-        .rsplit_once('/')
-        .map(|(_, name)| name.to_owned())
-        .unwrap_or_default();
-    settings.database_url = format!("postgres://postgres@{}/{database}", postgres.address);
-    settings.redis_url = format!("redis://{}", redis.address);
-    settings.amqp_url = format!("amqp://guest:guest@{}/%2f", rabbitmq.address);
-    let app = crate::helpers::spawn_app_with(settings, chatd::Roles::ALL).await;
+    let (app, proxies) = crate::helpers::spawn_app_behind_proxies().await;
     assert_eq!(
         app.get("/readyz", None, None).await.status(),
         StatusCode::OK
     );
     for (name, proxy) in [
-        ("postgres", &postgres),
-        ("redis", &redis),
-        ("rabbitmq", &rabbitmq),
+        ("postgres", &proxies.postgres),
+        ("redis", &proxies.redis),
+        ("rabbitmq", &proxies.rabbitmq),
     ] {
         proxy.go_down();
         let response = app.get("/readyz", None, None).await;
@@ -285,10 +272,7 @@ fn an_unreachable_dependency_is_a_one_line_error_naming_it() {
     for (flag, url, expected) in cases {
         let output = std::process::Command::new(binary)
             .args(["serve", "--bind", "127.0.0.1:0", flag, url])
-            .env(
-                "DATABASE_URL",
-                "postgres://postgres@127.0.0.1:5432/chat_test_unreachable_check",
-            )
+            .env("DATABASE_URL", &database_url)
             .env("CHAT_JWT_SECRET", "test-secret-test-secret-test-secret!")
             .output()
             .unwrap_or_else(|error| panic!("{error}"));
@@ -308,12 +292,12 @@ fn an_unreachable_dependency_is_a_one_line_error_naming_it() {
     let split = std::process::Command::new(binary)
         .args(["query-api", "--bind", "127.0.0.1:0"])
         .env_remove("CHAT_JWT_SECRET")
-        .env(
-            "DATABASE_URL",
-            "postgres://postgres@127.0.0.1:5432/chat_test_unreachable_check",
-        )
+        .env("DATABASE_URL", &database_url)
         .output()
         .unwrap_or_else(|error| panic!("{error}"));
+    if let Ok(runtime) = tokio::runtime::Runtime::new() {
+        runtime.block_on(crate::helpers::drop_database(&database_url));
+    }
     assert!(!split.status.success());
     assert!(String::from_utf8_lossy(&split.stderr).contains("CHAT_JWT_SECRET is required"));
 }

@@ -16,9 +16,9 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use crate::helpers::{
-    PASSWORD, TestApp, eventually, fresh_settings, header, spawn_app, spawn_app_with,
+    PASSWORD, TestApp, eventually, fresh_settings, header, spawn_app, spawn_app_behind_proxies,
+    spawn_app_with,
 };
-use crate::proxy::Proxy;
 
 /// HTTP on, relay and projector off: the test drives them.
 const HTTP_ONLY: Roles = Roles {
@@ -310,19 +310,7 @@ async fn poison_messages_are_dead_lettered_without_blocking_the_queue() {
 
 #[tokio::test]
 async fn every_link_reconnects_after_it_is_cut() {
-    let postgres = Proxy::start("127.0.0.1:5432").await;
-    let redis = Proxy::start("127.0.0.1:6379").await;
-    let rabbitmq = Proxy::start("127.0.0.1:5672").await;
-    let mut settings = fresh_settings();
-    let database = settings
-        .database_url
-        .rsplit_once('/')
-        .map(|(_, name)| name.to_owned())
-        .unwrap_or_default();
-    settings.database_url = format!("postgres://postgres@{}/{database}", postgres.address);
-    settings.redis_url = format!("redis://{}", redis.address);
-    settings.amqp_url = format!("amqp://guest:guest@{}/%2f", rabbitmq.address);
-    let app = spawn_app_with(settings, Roles::ALL).await;
+    let (app, proxies) = spawn_app_behind_proxies().await;
     let before = app.register("before_cut").await;
     assert_eq!(
         app.get(
@@ -335,7 +323,7 @@ async fn every_link_reconnects_after_it_is_cut() {
         StatusCode::OK
     );
 
-    for proxy in [&postgres, &redis, &rabbitmq] {
+    for proxy in [&proxies.postgres, &proxies.redis, &proxies.rabbitmq] {
         proxy.cut();
     }
 

@@ -7,6 +7,7 @@ use axum::extract::DefaultBodyLimit;
 use base64::Engine;
 use command_api::{CommandState, LoginLimits, PasswordHasher};
 use domain::account::Account;
+use domain::conversation::{Conversation, ConversationServices};
 use projector::{Projector, ProjectorOptions};
 use query_api::QueryState;
 use sessions::{JwtSecret, Revocations, Tokens};
@@ -23,6 +24,10 @@ use web::Authenticator;
 
 use crate::Settings;
 use crate::ops;
+
+/// A conversation is snapshotted every this many events, so writing to a long one costs what
+/// writing to a new one does.
+const CONVERSATION_SNAPSHOT_EVERY: usize = 100;
 
 /// Which roles this process plays.
 #[derive(Clone, Copy, Debug)]
@@ -120,6 +125,15 @@ impl App {
             let state = CommandState {
                 pool: self.pool.clone(),
                 accounts: Arc::new(AggregateStore::<Account>::new(self.pool.clone())),
+                conversations: Arc::new(AggregateStore::<Conversation>::with_snapshots(
+                    self.pool.clone(),
+                    CONVERSATION_SNAPSHOT_EVERY,
+                )),
+                conversation_services: ConversationServices {
+                    messages: Arc::new(command_api::conversations::IndexedMessages {
+                        pool: self.pool.clone(),
+                    }),
+                },
                 authenticator: self.authenticator.clone(),
                 passwords: Arc::new(PasswordHasher::new(
                     self.settings.password_hash_concurrency,

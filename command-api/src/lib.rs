@@ -3,6 +3,8 @@
 //! `X-Consistency-Token`. Events reach the read models through the outbox, never from here.
 //!
 //! - [`auth`]: register, login, refresh, logout (`/api/v1/auth/*`).
+//! - [`conversations`]: conversations, members, messages and receipts, and the message index
+//!   the `Conversation` aggregate consults.
 //! - [`profile`]: profile and password changes (`/api/v1/users/me`).
 //! - [`credentials`]: the command side's own tables: identities, password hashes, sessions
 //!   and refresh tokens.
@@ -10,6 +12,7 @@
 //! - [`login_limits`]: failed-login counters per account and per client address in Redis.
 
 pub mod auth;
+pub mod conversations;
 pub mod credentials;
 pub mod login_limits;
 pub mod passwords;
@@ -17,6 +20,7 @@ pub mod profile;
 
 use axum::extract::FromRef;
 use domain::account::Account;
+use domain::conversation::{Conversation, ConversationServices};
 use std::sync::Arc;
 use std::time::Duration;
 use store::AggregateStore;
@@ -32,6 +36,8 @@ pub use passwords::PasswordHasher;
 pub struct CommandState {
     pub pool: sqlx::PgPool,
     pub accounts: Arc<AggregateStore<Account>>,
+    pub conversations: Arc<AggregateStore<Conversation>>,
+    pub conversation_services: ConversationServices,
     pub authenticator: Arc<Authenticator>,
     pub passwords: Arc<PasswordHasher>,
     pub login_limits: LoginLimits,
@@ -53,6 +59,14 @@ pub fn router() -> OpenApiRouter<CommandState> {
         .routes(routes!(auth::logout))
         .routes(routes!(profile::update_profile))
         .routes(routes!(profile::change_password))
+        .routes(routes!(conversations::create_conversation))
+        .routes(routes!(conversations::rename))
+        .routes(routes!(conversations::add_member))
+        .routes(routes!(conversations::remove_member))
+        .routes(routes!(conversations::send_message))
+        .routes(routes!(conversations::edit_message))
+        .routes(routes!(conversations::delete_message))
+        .routes(routes!(conversations::move_receipts))
 }
 
 /// The `User` representation of an account, from the aggregate's state.

@@ -63,3 +63,11 @@ uuid_id!(
     /// A login session: one device's chain of refresh tokens (a token family).
     SessionId
 );
+uuid_id!(
+    /// A direct or group conversation.
+    ConversationId
+);
+uuid_id!(
+    /// A message (text, system or call) in a conversation.
+    MessageId
+);

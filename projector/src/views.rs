@@ -4,6 +4,8 @@
 use bus::EventMessage;
 use cqrs_es::Aggregate;
 use domain::account::{Account, AccountEvent};
+use domain::conversation::{Conversation, ConversationEvent};
+use serde_json::json;
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
@@ -16,6 +18,11 @@ pub async fn apply(
             let event: AccountEvent = serde_json::from_value(message.payload.clone())?;
             let user_id: Uuid = message.aggregate_id.parse()?;
             apply_account(transaction, user_id, event).await
+        }
+        Conversation::TYPE => {
+            let event: ConversationEvent = serde_json::from_value(message.payload.clone())?;
+            let conversation_id: Uuid = message.aggregate_id.parse()?;
+            apply_conversation(transaction, conversation_id, event).await
         }
         // Event types of later features are ignored until a view needs them.
         _ => Ok(()),
@@ -86,5 +93,256 @@ async fn apply_account(
         | AccountEvent::LoggedOut { .. }
         | AccountEvent::PasswordChanged { .. } => {}
     }
+    Ok(())
+}
+
+async fn apply_conversation(
+    transaction: &mut Transaction<'_, Postgres>,
+    conversation_id: Uuid,
+    event: ConversationEvent,
+) -> anyhow::Result<()> {
+    match event {
+        ConversationEvent::Created {
+            kind,
+            title,
+            owner_id,
+            members,
+            at,
+            ..
+        } => {
+            let kind = serde_json::to_value(kind)?;
+            sqlx::query(
+                "INSERT INTO conversations (id, kind, title, owner_id, created_at, last_activity_at)
+                 VALUES ($1, $2, $3, $4, $5, $5)",
+            )
+            .bind(conversation_id)
+            .bind(kind.as_str().unwrap_or("group"))
+            .bind(title.as_ref().map(|title| title.as_str()))
+            .bind(owner_id.as_uuid())
+            .bind(at)
+            .execute(&mut **transaction)
+            .await?;
+            let user_ids: Vec<Uuid> = members
+                .iter()
+                .map(|(user_id, _)| user_id.as_uuid())
+                .collect();
+            let roles: Vec<&str> = members.iter().map(|(_, role)| role.as_str()).collect();
+            sqlx::query(
+                "INSERT INTO conversation_members (conversation_id, user_id, role, joined_at)
+                 SELECT $1, user_id, role, $4 FROM unnest($2::uuid[], $3::text[]) AS m(user_id, role)",
+            )
+            .bind(conversation_id)
+            .bind(&user_ids)
+            .bind(&roles)
+            .bind(at)
+            .execute(&mut **transaction)
+            .await?;
+        }
+        ConversationEvent::Renamed { by, title, seq, at } => {
+            sqlx::query("UPDATE conversations SET title = $2 WHERE id = $1")
+                .bind(conversation_id)
+                .bind(title.as_str())
+                .execute(&mut **transaction)
+                .await?;
+            let system = json!({"action": "renamed", "actor_id": by, "title": title.as_str()});
+            insert_system_message(transaction, conversation_id, seq, by.as_uuid(), system, at)
+                .await?;
+        }
+        ConversationEvent::MemberAdded {
+            by,
+            user_id,
+            role,
+            seq,
+            at,
+        } => {
+            sqlx::query(
+                "INSERT INTO conversation_members (conversation_id, user_id, role, joined_at)
+                 VALUES ($1, $2, $3, $4)",
+            )
+            .bind(conversation_id)
+            .bind(user_id.as_uuid())
+            .bind(role.as_str())
+            .bind(at)
+            .execute(&mut **transaction)
+            .await?;
+            let system = json!({"action": "member_added", "actor_id": by, "user_id": user_id});
+            insert_system_message(transaction, conversation_id, seq, by.as_uuid(), system, at)
+                .await?;
+        }
+        ConversationEvent::MemberRemoved {
+            by,
+            user_id,
+            new_owner_id,
+            seq,
+            at,
+        } => {
+            sqlx::query(
+                "DELETE FROM conversation_members WHERE conversation_id = $1 AND user_id = $2",
+            )
+            .bind(conversation_id)
+            .bind(user_id.as_uuid())
+            .execute(&mut **transaction)
+            .await?;
+            if let Some(new_owner_id) = new_owner_id {
+                sqlx::query("UPDATE conversations SET owner_id = $2 WHERE id = $1")
+                    .bind(conversation_id)
+                    .bind(new_owner_id.as_uuid())
+                    .execute(&mut **transaction)
+                    .await?;
+                sqlx::query(
+                    "UPDATE conversation_members SET role = 'owner' WHERE conversation_id = $1 AND user_id = $2",
+                )
+                .bind(conversation_id)
+                .bind(new_owner_id.as_uuid())
+                .execute(&mut **transaction)
+                .await?;
+            }
+            let action = if by == user_id {
+                "member_left"
+            } else {
+                "member_removed"
+            };
+            let system = json!({"action": action, "actor_id": by, "user_id": user_id, "new_owner_id": new_owner_id});
+            insert_system_message(transaction, conversation_id, seq, by.as_uuid(), system, at)
+                .await?;
+        }
+        ConversationEvent::MessageSent {
+            message_id,
+            seq,
+            sender_id,
+            body,
+            attachment_ids,
+            reply_to_id,
+            at,
+            ..
+        } => {
+            let kind = if body.is_none() && !attachment_ids.is_empty() {
+                "image"
+            } else {
+                "text"
+            };
+            sqlx::query(
+                "INSERT INTO messages (id, conversation_id, seq, sender_id, kind, body, attachment_ids, reply_to_id, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            )
+            .bind(message_id.as_uuid())
+            .bind(conversation_id)
+            .bind(seq)
+            .bind(sender_id.as_uuid())
+            .bind(kind)
+            .bind(body.as_ref().map(|body| body.as_str()))
+            .bind(&attachment_ids)
+            .bind(reply_to_id.map(|id| id.as_uuid()))
+            .bind(at)
+            .execute(&mut **transaction)
+            .await?;
+            advance_timeline(transaction, conversation_id, seq, at).await?;
+            // Sending implies having read everything up to one's own message.
+            sqlx::query(
+                "UPDATE conversation_members SET delivered_seq = GREATEST(delivered_seq, $3), read_seq = GREATEST(read_seq, $3)
+                  WHERE conversation_id = $1 AND user_id = $2",
+            )
+            .bind(conversation_id)
+            .bind(sender_id.as_uuid())
+            .bind(seq)
+            .execute(&mut **transaction)
+            .await?;
+        }
+        ConversationEvent::MessageEdited {
+            message_id,
+            body,
+            at,
+            ..
+        } => {
+            sqlx::query("UPDATE messages SET body = $2, edited_at = $3 WHERE id = $1")
+                .bind(message_id.as_uuid())
+                .bind(body.as_str())
+                .bind(at)
+                .execute(&mut **transaction)
+                .await?;
+        }
+        ConversationEvent::MessageDeleted { message_id, .. } => {
+            sqlx::query(
+                "UPDATE messages SET deleted = true, body = NULL, attachment_ids = '{}' WHERE id = $1",
+            )
+            .bind(message_id.as_uuid())
+            .execute(&mut **transaction)
+            .await?;
+        }
+        ConversationEvent::ReceiptsMoved {
+            user_id,
+            delivered_seq,
+            read_seq,
+            at,
+        } => {
+            sqlx::query(
+                "UPDATE conversation_members SET delivered_seq = $3, read_seq = $4
+                  WHERE conversation_id = $1 AND user_id = $2",
+            )
+            .bind(conversation_id)
+            .bind(user_id.as_uuid())
+            .bind(delivered_seq)
+            .bind(read_seq)
+            .execute(&mut **transaction)
+            .await?;
+            sqlx::query(
+                "INSERT INTO receipt_marks (conversation_id, user_id, delivered_seq, read_seq, at)
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(conversation_id)
+            .bind(user_id.as_uuid())
+            .bind(delivered_seq)
+            .bind(read_seq)
+            .bind(at)
+            .execute(&mut **transaction)
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+async fn insert_system_message(
+    transaction: &mut Transaction<'_, Postgres>,
+    conversation_id: Uuid,
+    seq: i64,
+    actor_id: Uuid,
+    system: serde_json::Value,
+    at: chrono::DateTime<chrono::Utc>,
+) -> anyhow::Result<()> {
+    // A system message's id is derived from its place in the timeline, so a rebuild of the
+    // read models gives it the same id again.
+    let message_id = Uuid::new_v5(&conversation_id, format!("system:{seq}").as_bytes());
+    let body = system["action"].as_str().map(str::to_owned);
+    sqlx::query(
+        "INSERT INTO messages (id, conversation_id, seq, sender_id, kind, body, system, created_at)
+         VALUES ($1, $2, $3, $4, 'system', $5, $6, $7)",
+    )
+    .bind(message_id)
+    .bind(conversation_id)
+    .bind(seq)
+    .bind(actor_id)
+    .bind(body)
+    .bind(system)
+    .bind(at)
+    .execute(&mut **transaction)
+    .await?;
+    advance_timeline(transaction, conversation_id, seq, at).await
+}
+
+async fn advance_timeline(
+    transaction: &mut Transaction<'_, Postgres>,
+    conversation_id: Uuid,
+    seq: i64,
+    at: chrono::DateTime<chrono::Utc>,
+) -> anyhow::Result<()> {
+    sqlx::query(
+        "UPDATE conversations SET last_seq = GREATEST(last_seq, $2), last_activity_at = GREATEST(last_activity_at, $3)
+          WHERE id = $1",
+    )
+    .bind(conversation_id)
+    .bind(seq)
+    .bind(at)
+    .execute(&mut **transaction)
+    .await?;
     Ok(())
 }

@@ -2,8 +2,10 @@
 //! `X-Read-Model-Lag-Ms`; a request with `X-Consistency-Token` waits for that write first.
 //!
 //! - [`users`]: `GET /api/v1/users`, `/users/{id}`, `/users/me`.
+//! - [`conversations`]: conversations, message history, messages and receipts.
 //! - [`read_consistency`]: the middleware that does the waiting and the lag header.
 
+pub mod conversations;
 pub mod users;
 
 use axum::extract::{FromRef, Request, State};
@@ -33,6 +35,11 @@ pub fn router() -> OpenApiRouter<QueryState> {
         .routes(routes!(users::list_users))
         .routes(routes!(users::me))
         .routes(routes!(users::get_user))
+        .routes(routes!(conversations::list_conversations))
+        .routes(routes!(conversations::get_conversation))
+        .routes(routes!(conversations::history))
+        .routes(routes!(conversations::get_message))
+        .routes(routes!(conversations::receipts))
 }
 
 /// Waits for the request's consistency token, runs the query, and reports the lag.

@@ -44,9 +44,15 @@ pub enum ExecuteError<E: std::error::Error> {
     Store(String),
 }
 
+/// Commands on one stream are serialized in-process by one of this many locks, so concurrent
+/// writers on one node queue instead of failing on each other; conflicts remain only between
+/// nodes, and those are decided again.
+const STREAM_LOCKS: usize = 128;
+
 /// The event store for one aggregate type.
 pub struct AggregateStore<A: Aggregate> {
     store: PersistedEventStore<PostgresEventRepository, A>,
+    locks: Vec<tokio::sync::Mutex<()>>,
 }
 
 impl<A> AggregateStore<A>
@@ -56,9 +62,31 @@ where
 {
     pub fn new(pool: PgPool) -> Self {
         let repository = PostgresEventRepository::new(pool);
+        Self::with_store(PersistedEventStore::new_event_store(repository))
+    }
+
+    /// A store that snapshots the aggregate every `every` events, so loading reads one
+    /// snapshot and fewer than `every` events however long the stream is.
+    pub fn with_snapshots(pool: PgPool, every: usize) -> Self {
+        let repository = PostgresEventRepository::new(pool);
+        Self::with_store(PersistedEventStore::new_snapshot_store(repository, every))
+    }
+
+    fn with_store(store: PersistedEventStore<PostgresEventRepository, A>) -> Self {
         Self {
-            store: PersistedEventStore::new_event_store(repository),
+            store,
+            locks: (0..STREAM_LOCKS)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
         }
+    }
+
+    fn lock_for(&self, aggregate_id: &str) -> &tokio::sync::Mutex<()> {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        aggregate_id.hash(&mut hasher);
+        let index = usize::try_from(hasher.finish() % STREAM_LOCKS as u64).unwrap_or(0);
+        &self.locks[index]
     }
 
     /// Decides `command` on the current state and commits the events. A concurrent writer to
@@ -71,6 +99,7 @@ where
         services: &A::Services,
         metadata: &EventMetadata,
     ) -> Result<Committed<A>, ExecuteError<A::Error>> {
+        let _serialized = self.lock_for(aggregate_id).lock().await;
         let mut attempt = 0;
         loop {
             attempt += 1;

@@ -75,3 +75,76 @@ pub struct Page<T: ToSchema> {
     pub items: Vec<T>,
     pub next_cursor: Option<String>,
 }
+
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct ConversationMember {
+    pub user_id: Uuid,
+    /// `owner`, `admin` or `member`.
+    pub role: String,
+    #[serde(serialize_with = "rfc3339_millis")]
+    #[schema(value_type = String, format = DateTime)]
+    pub joined_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct Conversation {
+    pub id: Uuid,
+    /// `direct` or `group`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: Option<String>,
+    pub owner_id: Uuid,
+    pub members: Vec<ConversationMember>,
+    pub last_message: Option<Message>,
+    pub unread_count: i64,
+    pub last_seq: i64,
+    #[serde(serialize_with = "rfc3339_millis")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "rfc3339_millis")]
+    #[schema(value_type = String, format = DateTime)]
+    pub last_activity_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct Message {
+    pub id: Uuid,
+    pub conversation_id: Uuid,
+    pub seq: i64,
+    pub sender_id: Uuid,
+    /// `text`, `image`, `call` or `system`.
+    pub kind: String,
+    pub body: Option<String>,
+    pub attachments: Vec<Media>,
+    pub reply_to_id: Option<Uuid>,
+    #[serde(serialize_with = "rfc3339_millis")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "rfc3339_millis_option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub edited_at: Option<DateTime<Utc>>,
+    pub deleted: bool,
+    /// On the caller's own messages: `sent`, `delivered` or `read`; otherwise null.
+    pub status: Option<String>,
+    /// On system messages: what happened (`action`, `actor_id`, `user_id`, `title`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub system: Option<serde_json::Value>,
+}
+
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct MessagePage {
+    pub items: Vec<Message>,
+    pub has_more: bool,
+}
+
+#[derive(Clone, Debug, Serialize, ToSchema, sqlx::FromRow)]
+pub struct Receipt {
+    pub user_id: Uuid,
+    #[serde(serialize_with = "rfc3339_millis_option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub delivered_at: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "rfc3339_millis_option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub read_at: Option<DateTime<Utc>>,
+}

@@ -3,6 +3,7 @@
 
 mod accounts;
 mod auth;
+mod conversations;
 mod helpers;
 mod operations;
 mod proxy;

@@ -118,31 +118,10 @@ impl App {
     /// The HTTP routes of this process's roles, plus health, metrics and docs.
     pub fn router(&self) -> anyhow::Result<Router> {
         let mut router = Router::new();
+        let commands = self.command_state()?;
         if self.roles.command {
-            let mut login_limits = LoginLimits::new(self.redis.clone(), &self.settings.namespace);
-            login_limits.per_account = self.settings.login_failures_per_account;
-            login_limits.per_address = self.settings.login_failures_per_address;
-            let state = CommandState {
-                pool: self.pool.clone(),
-                accounts: Arc::new(AggregateStore::<Account>::new(self.pool.clone())),
-                conversations: Arc::new(AggregateStore::<Conversation>::with_snapshots(
-                    self.pool.clone(),
-                    CONVERSATION_SNAPSHOT_EVERY,
-                )),
-                conversation_services: ConversationServices {
-                    messages: Arc::new(command_api::conversations::IndexedMessages {
-                        pool: self.pool.clone(),
-                    }),
-                },
-                authenticator: self.authenticator.clone(),
-                passwords: Arc::new(PasswordHasher::new(
-                    self.settings.password_hash_concurrency,
-                )?),
-                login_limits,
-                refresh_token_lifetime: Duration::from_secs(self.settings.refresh_token_ttl_secs),
-            };
             let (routes, _) = command_api::router().split_for_parts();
-            router = router.merge(routes.with_state(state));
+            router = router.merge(routes.with_state(commands.clone()));
         }
         if self.roles.query {
             let state = QueryState {
@@ -159,6 +138,7 @@ impl App {
         if self.roles.push {
             let state = PushState {
                 authenticator: self.authenticator.clone(),
+                commands,
                 allowed_origins: Arc::new(
                     self.settings
                         .allowed_origins
@@ -202,6 +182,32 @@ impl App {
             .layer(axum::middleware::from_fn(web::middleware::metrics))
             .layer(axum::middleware::from_fn(web::middleware::request_id))
             .layer(DefaultBodyLimit::max(self.settings.max_json_bytes)))
+    }
+
+    /// What the command side needs, shared by command routes and WebSocket command frames.
+    fn command_state(&self) -> anyhow::Result<CommandState> {
+        let mut login_limits = LoginLimits::new(self.redis.clone(), &self.settings.namespace);
+        login_limits.per_account = self.settings.login_failures_per_account;
+        login_limits.per_address = self.settings.login_failures_per_address;
+        Ok(CommandState {
+            pool: self.pool.clone(),
+            accounts: Arc::new(AggregateStore::<Account>::new(self.pool.clone())),
+            conversations: Arc::new(AggregateStore::<Conversation>::with_snapshots(
+                self.pool.clone(),
+                CONVERSATION_SNAPSHOT_EVERY,
+            )),
+            conversation_services: ConversationServices {
+                messages: Arc::new(command_api::conversations::IndexedMessages {
+                    pool: self.pool.clone(),
+                }),
+            },
+            authenticator: self.authenticator.clone(),
+            passwords: Arc::new(PasswordHasher::new(
+                self.settings.password_hash_concurrency,
+            )?),
+            login_limits,
+            refresh_token_lifetime: Duration::from_secs(self.settings.refresh_token_ttl_secs),
+        })
     }
 
     /// Serves on `listener` and runs this process's background loops until `shutdown` fires;

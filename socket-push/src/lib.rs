@@ -1,9 +1,11 @@
-//! The WebSocket edge (`GET /api/v1/ws`). For now it authenticates the connection (bearer
-//! header or `access_token` query parameter), checks the `Origin` allow-list, sends `ready`,
-//! answers `ping`, and keeps the link alive with heartbeats. Fan-out of events arrives with
-//! the messaging feature.
+//! The WebSocket edge (`GET /api/v1/ws`): authenticates the connection (bearer header or
+//! `access_token` query parameter), checks the `Origin` allow-list, sends `ready`, keeps the
+//! link alive with heartbeats, and runs command frames (`message.send`, `receipt`, `ping`)
+//! through the same code as their REST twins, answering each with `ack` or `error`.
+//!
+//! - [`frames`]: the client frames and how each is carried out.
 
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::extract::{FromRef, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -15,6 +17,8 @@ use std::time::Duration;
 use uuid::Uuid;
 use web::{ApiError, Authenticator, Caller};
 
+pub mod frames;
+
 /// Frames above this close the socket with 1009.
 pub const MAX_FRAME_BYTES: usize = 64 * 1024;
 pub const HEARTBEAT: Duration = Duration::from_secs(25);
@@ -22,6 +26,8 @@ pub const HEARTBEAT: Duration = Duration::from_secs(25);
 #[derive(Clone)]
 pub struct PushState {
     pub authenticator: Arc<Authenticator>,
+    /// Command frames run through the command side, as REST commands do.
+    pub commands: command_api::CommandState,
     /// Browser origins allowed to connect; requests without `Origin` are always allowed.
     pub allowed_origins: Arc<Vec<String>>,
 }
@@ -80,11 +86,11 @@ pub async fn connect(
         .max_frame_size(MAX_FRAME_BYTES)
         .read_buffer_size(4 * 1024)
         .write_buffer_size(4 * 1024)
-        .on_upgrade(move |socket| serve_connection(socket, caller))
+        .on_upgrade(move |socket| serve_connection(socket, caller, state))
         .into_response())
 }
 
-async fn serve_connection(mut socket: WebSocket, caller: Caller) {
+async fn serve_connection(mut socket: WebSocket, caller: Caller, state: PushState) {
     let ready = json!({
         "type": "ready",
         "connection_id": Uuid::now_v7(),
@@ -109,9 +115,20 @@ async fn serve_connection(mut socket: WebSocket, caller: Caller) {
                 }
             }
             frame = socket.recv() => {
-                let Some(Ok(frame)) = frame else { return };
+                let frame = match frame {
+                    Some(Ok(frame)) => frame,
+                    Some(Err(error)) => {
+                        if is_too_big(error) {
+                            let close = CloseFrame { code: close_code::SIZE, reason: "frames are limited to 64 KiB".into() };
+                            let _ = socket.send(Message::Close(Some(close))).await;
+                        }
+                        return;
+                    }
+                    None => return,
+                };
                 let reply = match frame {
-                    Message::Text(text) => reply_to(&text),
+                    Message::Text(text) => frames::handle(&state.commands, &caller, &text).await,
+                    Message::Binary(_) => Some(frames::error(Value::Null, "unsupported_frame", "frames are JSON text")),
                     Message::Close(_) => return,
                     _ => None,
                 };
@@ -125,17 +142,11 @@ async fn serve_connection(mut socket: WebSocket, caller: Caller) {
     }
 }
 
-fn reply_to(text: &str) -> Option<Value> {
-    let Ok(frame) = serde_json::from_str::<Value>(text) else {
-        return Some(
-            json!({"type": "error", "ref": null, "code": "malformed_frame", "detail": "frames are JSON objects with a type"}),
-        );
-    };
-    let reference = frame.get("ref").cloned().unwrap_or(Value::Null);
-    match frame.get("type").and_then(Value::as_str) {
-        Some("ping") => Some(json!({"type": "pong", "ref": reference})),
-        _ => Some(
-            json!({"type": "error", "ref": reference, "code": "unsupported_frame", "detail": "this frame type is not supported yet"}),
-        ),
-    }
+/// Whether a read failed because the frame was over the size limit.
+fn is_too_big(error: axum::Error) -> bool {
+    use tokio_tungstenite::tungstenite::Error;
+    matches!(
+        error.into_inner().downcast::<Error>().map(|error| *error),
+        Ok(Error::Capacity(_))
+    )
 }

@@ -8,3 +8,4 @@ mod helpers;
 mod operations;
 mod proxy;
 mod spine;
+mod websocket;

@@ -5,7 +5,7 @@ use anyhow::Context;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use base64::Engine;
-use command_api::{CommandState, LoginLimits, PasswordHasher};
+use command_api::{CommandState, LoginLimits, PasswordHasher, SendLimits};
 use domain::account::Account;
 use domain::conversation::{Conversation, ConversationServices};
 use projector::{Projector, ProjectorOptions};
@@ -206,6 +206,11 @@ impl App {
                 self.settings.password_hash_concurrency,
             )?),
             login_limits,
+            send_limits: SendLimits::new(
+                self.redis.clone(),
+                &self.settings.namespace,
+                self.settings.sends_per_10_seconds,
+            ),
             refresh_token_lifetime: Duration::from_secs(self.settings.refresh_token_ttl_secs),
         })
     }

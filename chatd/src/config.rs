@@ -92,6 +92,9 @@ pub struct Settings {
     /// Failed logins per client address within the window before 429.
     #[arg(long, env = "CHAT_LOGIN_FAILURES_PER_ADDRESS", default_value_t = 20)]
     pub login_failures_per_address: u32,
+    /// Messages one user may send per 10 seconds (REST and WebSocket together) before 429.
+    #[arg(long, env = "CHAT_SENDS_PER_10_SECONDS", default_value_t = 60)]
+    pub sends_per_10_seconds: u32,
     /// Largest JSON request body in bytes.
     #[arg(long, env = "CHAT_MAX_JSON_BYTES", default_value_t = 64 * 1024)]
     pub max_json_bytes: usize,

@@ -333,6 +333,14 @@ pub async fn send(
             "attachment_ids must name images you uploaded",
         ));
     }
+    if let Err(retry_after) = state
+        .send_limits
+        .admit(sender)
+        .await
+        .map_err(ApiError::unavailable)?
+    {
+        return Err(ApiError::rate_limited(retry_after.0));
+    }
     let sender_id = UserId::from_uuid(sender);
     let metadata = metadata(Some(sender_id), request_id);
     let command = ConversationCommand::SendMessage {

@@ -9,14 +9,15 @@
 //! - [`credentials`]: the command side's own tables: identities, password hashes, sessions
 //!   and refresh tokens.
 //! - [`passwords`]: Argon2id hashing, bounded so a login flood cannot exhaust memory.
-//! - [`login_limits`]: failed-login counters per account and per client address in Redis.
+//! - [`rate_limits`]: failed-login counters per account and per address, and per-user send
+//!   limits, in Redis.
 
 pub mod auth;
 pub mod conversations;
 pub mod credentials;
-pub mod login_limits;
 pub mod passwords;
 pub mod profile;
+pub mod rate_limits;
 
 use axum::extract::FromRef;
 use domain::account::Account;
@@ -28,8 +29,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use web::Authenticator;
 
-pub use login_limits::LoginLimits;
 pub use passwords::PasswordHasher;
+pub use rate_limits::{LoginLimits, SendLimits};
 
 /// Everything the command handlers share.
 #[derive(Clone)]
@@ -41,6 +42,7 @@ pub struct CommandState {
     pub authenticator: Arc<Authenticator>,
     pub passwords: Arc<PasswordHasher>,
     pub login_limits: LoginLimits,
+    pub send_limits: SendLimits,
     pub refresh_token_lifetime: Duration,
 }
 

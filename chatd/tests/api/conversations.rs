@@ -652,3 +652,61 @@ async fn concurrent_senders_get_gapless_sequence_numbers() {
     .unwrap_or_default();
     assert_eq!(seqs, (1..=1000).collect::<Vec<i64>>());
 }
+
+#[tokio::test]
+async fn sends_are_rate_limited_per_user_over_rest_and_websocket() {
+    let mut settings = crate::helpers::fresh_settings();
+    settings.sends_per_10_seconds = 3;
+    let app = crate::helpers::spawn_app_with(settings, chatd::Roles::ALL).await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let group = create_group(&app, &alice, "Chatty", &[&bob]).await;
+    let id = group["id"].as_str().unwrap_or_default().to_owned();
+    for index in 0..3 {
+        assert_eq!(
+            send(&app, &alice, &id, json!({"body": format!("m{index}")}))
+                .await
+                .status(),
+            StatusCode::CREATED
+        );
+    }
+    let limited = send(&app, &alice, &id, json!({"body": "one too many"})).await;
+    assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry_after: u64 = header(&limited, "retry-after")
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(0);
+    assert!((1..=10).contains(&retry_after), "Retry-After {retry_after}");
+    assert_eq!(json_body(limited).await["code"], "rate_limited");
+    // The socket shares the allowance and says so in an error frame.
+    let mut socket = crate::websocket::connect(&app, &alice.access_token).await;
+    assert_eq!(
+        crate::websocket::next_frame(&mut socket).await["type"],
+        "ready"
+    );
+    crate::websocket::send_frame(&mut socket, json!({"type": "message.send", "ref": "r", "conversation_id": id, "client_message_id": "over", "body": "hi"})).await;
+    let frame = crate::websocket::next_frame(&mut socket).await;
+    assert_eq!(
+        (
+            frame["type"].as_str(),
+            frame["code"].as_str(),
+            frame["ref"].as_str()
+        ),
+        (Some("error"), Some("rate_limited"), Some("r"))
+    );
+    // Bob has his own allowance.
+    assert_eq!(
+        send(&app, &bob, &id, json!({"body": "my turn"}))
+            .await
+            .status(),
+        StatusCode::CREATED
+    );
+    // Nothing of the refused send was written.
+    let seqs: Vec<i64> = sqlx::query_scalar(
+        "SELECT seq FROM message_index WHERE conversation_id = $1::uuid ORDER BY seq",
+    )
+    .bind(&id)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap_or_default();
+    assert_eq!(seqs, [1, 2, 3, 4]);
+}

@@ -42,6 +42,7 @@ pub fn fresh_settings() -> Settings {
         password_hash_concurrency: 2,
         login_failures_per_account: 5,
         login_failures_per_address: 20,
+        sends_per_10_seconds: 1000,
         max_json_bytes: 64 * 1024,
         trusted_proxies: vec!["127.0.0.1".to_owned()],
         log_format: "text".to_owned(),

@@ -21,7 +21,7 @@ fn ws_url(app: &TestApp, query: &str) -> String {
     )
 }
 
-async fn connect(app: &TestApp, token: &str) -> Socket {
+pub(crate) async fn connect(app: &TestApp, token: &str) -> Socket {
     let mut request = ws_url(app, "")
         .into_client_request()
         .unwrap_or_else(|error| panic!("{error}"));
@@ -36,7 +36,7 @@ async fn connect(app: &TestApp, token: &str) -> Socket {
 }
 
 /// The next JSON text frame, within 5 s.
-async fn next_frame(socket: &mut Socket) -> Value {
+pub(crate) async fn next_frame(socket: &mut Socket) -> Value {
     loop {
         let frame = tokio::time::timeout(Duration::from_secs(5), socket.next())
             .await
@@ -52,7 +52,7 @@ async fn next_frame(socket: &mut Socket) -> Value {
     }
 }
 
-async fn send_frame(socket: &mut Socket, frame: Value) {
+pub(crate) async fn send_frame(socket: &mut Socket, frame: Value) {
     socket
         .send(Message::Text(frame.to_string().into()))
         .await

@@ -1,5 +1,6 @@
-//! Failed-login rate limits, per account and per client address, counted in Redis so every
-//! node sees the same counts. A window starts at the first failure and lasts `window`.
+//! Rate limits counted in Redis, so every node sees the same counts: failed logins per account
+//! and per client address, and message sends per user. A window starts at the first counted
+//! attempt and lasts `window`.
 
 use redis::aio::ConnectionManager;
 use std::time::Duration;
@@ -90,5 +91,49 @@ impl LoginLimits {
             .arg(self.account_key(login))
             .query_async(&mut redis)
             .await
+    }
+}
+
+/// Message sends per user (REST and WebSocket together).
+#[derive(Clone)]
+pub struct SendLimits {
+    redis: ConnectionManager,
+    namespace: String,
+    pub per_window: u32,
+    pub window: Duration,
+}
+
+impl SendLimits {
+    pub fn new(redis: ConnectionManager, namespace: &str, per_window: u32) -> Self {
+        Self {
+            redis,
+            namespace: namespace.to_owned(),
+            per_window,
+            window: Duration::from_secs(10),
+        }
+    }
+
+    /// Counts one send; `Err(RetryAfter)` when the user is over the limit (the send is not
+    /// counted then, so waiting is enough to get through).
+    pub async fn admit(&self, user_id: uuid::Uuid) -> redis::RedisResult<Result<(), RetryAfter>> {
+        let key = format!("{}:send-rate:{user_id}", self.namespace);
+        let mut redis = self.redis.clone();
+        let (count, ttl): (u32, i64) = redis::pipe()
+            .cmd("INCR")
+            .arg(&key)
+            .cmd("EXPIRE")
+            .arg(&key)
+            .arg(self.window.as_secs().max(1))
+            .arg("NX")
+            .ignore()
+            .cmd("TTL")
+            .arg(&key)
+            .query_async(&mut redis)
+            .await?;
+        if count > self.per_window {
+            let _: i64 = redis::cmd("DECR").arg(&key).query_async(&mut redis).await?;
+            return Ok(Err(RetryAfter(u64::try_from(ttl).unwrap_or(1).max(1))));
+        }
+        Ok(Ok(()))
     }
 }

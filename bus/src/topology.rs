@@ -2,7 +2,9 @@
 //!
 //! ```text
 //! {ns}.events (topic) --#--> {ns}.projector (quorum, delivery limit) --dead letter--> {ns}.dlx
+//!                      --#--> {ns}.push (quorum, single active consumer) --> {ns}.dlx
 //! {ns}.dlx (direct)   --projector--> {ns}.projector.dlq (quorum)
+//!                     --push-------> {ns}.push.dlq (quorum)
 //! ```
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
@@ -41,6 +43,16 @@ impl Topology {
         format!("{}.projector.dlq", self.namespace)
     }
 
+    /// The queue socket-push routes events from. Single active consumer: one node at a time
+    /// routes, so every conversation's events go out in order.
+    pub fn push_queue(&self) -> String {
+        format!("{}.push", self.namespace)
+    }
+
+    pub fn push_dead_letter_queue(&self) -> String {
+        format!("{}.push.dlq", self.namespace)
+    }
+
     /// Declares every exchange, queue and binding. Idempotent: every role calls it at start.
     pub async fn declare(&self, channel: &Channel) -> lapin::Result<()> {
         let durable = ExchangeDeclareOptions {
@@ -63,17 +75,21 @@ impl Topology {
                 FieldTable::default(),
             )
             .await?;
-        self.declare_worker_queue(channel, &self.projector_queue(), "projector")
+        self.declare_worker_queue(channel, &self.projector_queue(), "projector", false)
             .await?;
-        channel
-            .queue_bind(
-                self.projector_queue().into(),
-                self.events_exchange().into(),
-                "#".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
+        self.declare_worker_queue(channel, &self.push_queue(), "push", true)
             .await?;
+        for queue in [self.projector_queue(), self.push_queue()] {
+            channel
+                .queue_bind(
+                    queue.into(),
+                    self.events_exchange().into(),
+                    "#".into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
         Ok(())
     }
 
@@ -83,6 +99,7 @@ impl Topology {
         channel: &Channel,
         queue: &str,
         dead_letter_key: &str,
+        single_active_consumer: bool,
     ) -> lapin::Result<()> {
         let durable = QueueDeclareOptions {
             durable: true,
@@ -114,6 +131,12 @@ impl Topology {
             ShortString::from("x-dead-letter-routing-key"),
             AMQPValue::LongString(LongString::from(dead_letter_key)),
         );
+        if single_active_consumer {
+            arguments.insert(
+                ShortString::from("x-single-active-consumer"),
+                AMQPValue::Boolean(true),
+            );
+        }
         channel
             .queue_declare(queue.into(), durable, arguments)
             .await?;
@@ -123,7 +146,12 @@ impl Topology {
     /// Deletes every queue and exchange of the namespace (retiring a tenant, or a test).
     pub async fn delete(&self, channel: &Channel) -> lapin::Result<()> {
         use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
-        for queue in [self.projector_queue(), self.projector_dead_letter_queue()] {
+        for queue in [
+            self.projector_queue(),
+            self.projector_dead_letter_queue(),
+            self.push_queue(),
+            self.push_dead_letter_queue(),
+        ] {
             channel
                 .queue_delete(queue.into(), QueueDeleteOptions::default())
                 .await?;

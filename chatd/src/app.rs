@@ -65,6 +65,8 @@ pub struct App {
     pub pool: PgPool,
     pub authenticator: Arc<Authenticator>,
     pub redis: redis::aio::ConnectionManager,
+    /// This node's WebSocket connections, shared by the endpoint and the push router.
+    pub hub: Arc<socket_push::hub::Hub>,
 }
 
 impl App {
@@ -112,6 +114,7 @@ impl App {
             pool,
             authenticator,
             redis,
+            hub: Arc::new(socket_push::hub::Hub::default()),
         })
     }
 
@@ -139,6 +142,9 @@ impl App {
             let state = PushState {
                 authenticator: self.authenticator.clone(),
                 commands,
+                hub: self.hub.clone(),
+                redis: self.redis.clone(),
+                namespace: self.settings.namespace.clone(),
                 allowed_origins: Arc::new(
                     self.settings
                         .allowed_origins
@@ -246,6 +252,28 @@ impl App {
                 },
             );
             loops.spawn(projector.run(shutdown.clone()));
+        }
+        if self.roles.push {
+            let router = socket_push::push::PushRouter {
+                redis: self.redis.clone(),
+                namespace: self.settings.namespace.clone(),
+                hub: self.hub.clone(),
+                conversations: Arc::new(AggregateStore::<Conversation>::with_snapshots(
+                    self.pool.clone(),
+                    CONVERSATION_SNAPSHOT_EVERY,
+                )),
+            };
+            let consumer = projector::Consumer::with_handler(
+                self.pool.clone(),
+                ProjectorOptions {
+                    amqp_url: self.settings.amqp_url.clone(),
+                    topology: bus::Topology::new(&self.settings.namespace),
+                    batch_size: 256,
+                    crash_after: None,
+                },
+                router,
+            );
+            loops.spawn(consumer.run(shutdown.clone()));
         }
         let address = listener.local_addr()?;
         tracing::info!(%address, roles = ?self.roles, "chatd listening");

@@ -125,6 +125,15 @@ impl ClientMessageId {
     }
 }
 
+/// The id of the system message at `seq` (member changes, renames): derived from its place in
+/// the timeline, so every view of the log gives it the same id.
+pub fn system_message_id(conversation_id: ConversationId, seq: i64) -> Uuid {
+    Uuid::new_v5(
+        &conversation_id.as_uuid(),
+        format!("system:{seq}").as_bytes(),
+    )
+}
+
 /// What a decision needs to know about one stored message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MessageFacts {

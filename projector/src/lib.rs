@@ -1,9 +1,12 @@
-//! The projector: consumes events from RabbitMQ and builds the Postgres read models.
+//! Event consumers with exactly-once application, and the projector that builds the Postgres
+//! read models with one.
 //!
-//! - [`Projector`]: the consumer. Manual acks; each batch is one transaction; an event is
-//!   applied exactly once per `(aggregate_type, aggregate_id, sequence)`; a redelivery is a
-//!   no-op; a gap in a stream is filled from the event store, never skipped. Tests drive it
-//!   with [`Projector::process_next_batch`].
+//! - [`Consumer`]: consumes a queue with manual acks; each batch is one transaction; an event
+//!   is applied exactly once per `(aggregate_type, aggregate_id, sequence)` (positions kept
+//!   in the handler's table, in the same transaction); a redelivery is a no-op; a gap in a
+//!   stream is filled from the event store, never skipped. Tests drive it with
+//!   [`Consumer::process_next_batch`]. What a consumer does is its [`Handler`].
+//! - [`Projector`]: the consumer whose handler is [`views::ReadModels`].
 //! - [`views`]: what each event does to the read models.
 
 pub mod views;
@@ -14,7 +17,7 @@ use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{Channel, Connection, Consumer};
+use lapin::{Channel, Connection};
 use sqlx::{PgPool, Postgres, Transaction};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -30,9 +33,41 @@ pub struct ProjectorOptions {
     pub crash_after: Option<usize>,
 }
 
-pub struct Projector {
+/// What a consumer does with each event.
+#[async_trait::async_trait]
+pub trait Handler: Send + Sync + 'static {
+    /// What applying an event leaves to do before the batch commits (for example, pushes).
+    type Output: Send;
+
+    /// For logs and connection names.
+    fn name(&self) -> &'static str;
+
+    /// The queue this handler consumes.
+    fn queue(&self, topology: &Topology) -> String;
+
+    /// The table of stream positions (same shape as `projection_positions`).
+    fn positions_table(&self) -> &'static str;
+
+    /// Applies one event inside the batch transaction.
+    async fn apply(
+        &self,
+        transaction: &mut Transaction<'_, Postgres>,
+        event: &EventMessage,
+    ) -> anyhow::Result<Vec<Self::Output>>;
+
+    /// Runs after every event of the batch is applied and before the commit. If it fails the
+    /// batch rolls back and is delivered again, so nothing it does is lost (at worst done
+    /// twice after a failure).
+    async fn before_commit(&self, outputs: Vec<Self::Output>) -> anyhow::Result<()>;
+}
+
+/// The projector: a consumer that builds the read models.
+pub type Projector = Consumer<views::ReadModels>;
+
+pub struct Consumer<H: Handler> {
     pool: PgPool,
     options: ProjectorOptions,
+    handler: H,
     links: Option<Links>,
     /// Deliveries handled since start (for `crash_after`).
     handled: usize,
@@ -41,7 +76,7 @@ pub struct Projector {
 struct Links {
     connection: Connection,
     channel: Channel,
-    consumer: Consumer,
+    consumer: lapin::Consumer,
 }
 
 /// What happened to one delivery inside the batch transaction.
@@ -56,9 +91,16 @@ enum Outcome {
 
 impl Projector {
     pub fn new(pool: PgPool, options: ProjectorOptions) -> Self {
+        Consumer::with_handler(pool, options, views::ReadModels)
+    }
+}
+
+impl<H: Handler> Consumer<H> {
+    pub fn with_handler(pool: PgPool, options: ProjectorOptions, handler: H) -> Self {
         Self {
             pool,
             options,
+            handler,
             links: None,
             handled: 0,
         }
@@ -103,16 +145,21 @@ impl Projector {
 
         let mut transaction = self.pool.begin().await?;
         let mut outcomes = Vec::with_capacity(deliveries.len());
+        let mut outputs = Vec::new();
         for delivery in &deliveries {
             let outcome = match serde_json::from_slice::<EventMessage>(&delivery.data) {
                 Err(error) => {
                     tracing::error!(%error, "unreadable event message; dead-lettering it");
                     Outcome::Unreadable
                 }
-                Ok(message) => apply_in_savepoint(&mut transaction, &message).await?,
+                Ok(message) => {
+                    apply_in_savepoint(&self.handler, &mut transaction, &message, &mut outputs)
+                        .await?
+                }
             };
             outcomes.push(outcome);
         }
+        self.handler.before_commit(outputs).await?;
         transaction.commit().await?;
 
         let applied = outcomes
@@ -152,7 +199,8 @@ impl Projector {
     }
 
     async fn open_links(&self) -> anyhow::Result<Links> {
-        let connection = bus::connect(&self.options.amqp_url, "chatd-projector").await?;
+        let name = format!("chatd-{}", self.handler.name());
+        let connection = bus::connect(&self.options.amqp_url, &name).await?;
         let channel = connection.create_channel().await?;
         self.options.topology.declare(&channel).await?;
         let prefetch = u16::try_from(self.options.batch_size).unwrap_or(u16::MAX);
@@ -161,13 +209,13 @@ impl Projector {
             .await?;
         let consumer = channel
             .basic_consume(
-                self.options.topology.projector_queue().into(),
-                "chatd-projector".into(),
+                self.handler.queue(&self.options.topology).into(),
+                name.as_str().into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
             .await?;
-        tracing::info!("projector connected and consuming");
+        tracing::info!(consumer = self.handler.name(), "connected and consuming");
         Ok(Links {
             connection,
             channel,
@@ -178,7 +226,7 @@ impl Projector {
     /// Messages waiting in the projector queue, for metrics.
     pub async fn queue_depth(&self) -> Option<u32> {
         let links = self.links.as_ref()?;
-        Topology::queue_depth(&links.channel, &self.options.topology.projector_queue())
+        Topology::queue_depth(&links.channel, &self.handler.queue(&self.options.topology))
             .await
             .ok()
     }
@@ -192,7 +240,7 @@ impl Projector {
             match self.process_next_batch(Duration::from_millis(250)).await {
                 Ok(_) => backoff.reset(),
                 Err(error) => {
-                    tracing::warn!(error = %format!("{error:#}"), "projector failed; reconnecting");
+                    tracing::warn!(consumer = self.handler.name(), error = %format!("{error:#}"), "consumer failed; reconnecting");
                     tokio::select! {
                         () = tokio::time::sleep(backoff.next_pause()) => {}
                         () = shutdown.cancelled() => {}
@@ -202,7 +250,7 @@ impl Projector {
             if last_metrics.elapsed() > Duration::from_secs(5) {
                 last_metrics = tokio::time::Instant::now();
                 if let Some(depth) = self.queue_depth().await {
-                    metrics::gauge!("chat_queue_depth", "queue" => "projector").set(depth);
+                    metrics::gauge!("chat_queue_depth", "queue" => self.handler.name()).set(depth);
                 }
             }
         }
@@ -210,12 +258,14 @@ impl Projector {
 }
 
 /// Applies one event in a savepoint: a failure rolls back only this event.
-async fn apply_in_savepoint(
+async fn apply_in_savepoint<H: Handler>(
+    handler: &H,
     transaction: &mut Transaction<'_, Postgres>,
     message: &EventMessage,
+    outputs: &mut Vec<H::Output>,
 ) -> anyhow::Result<Outcome> {
     let mut savepoint = sqlx::Acquire::begin(&mut **transaction).await?;
-    match apply_once(&mut savepoint, message).await {
+    match apply_once(handler, &mut savepoint, message, outputs).await {
         Ok(outcome) => {
             savepoint.commit().await?;
             Ok(outcome)
@@ -237,14 +287,17 @@ async fn apply_in_savepoint(
 
 /// The exactly-once rule: skip what the stream position says is done, fill a gap from the
 /// event store, then apply and move the position, all in the caller's transaction.
-async fn apply_once(
+async fn apply_once<H: Handler>(
+    handler: &H,
     transaction: &mut Transaction<'_, Postgres>,
     message: &EventMessage,
+    outputs: &mut Vec<H::Output>,
 ) -> anyhow::Result<Outcome> {
-    let applied: Option<i64> = sqlx::query_scalar(
-        "SELECT last_sequence FROM projection_positions
-          WHERE aggregate_type = $1 AND aggregate_id = $2 FOR UPDATE",
-    )
+    let positions = handler.positions_table();
+    let applied: Option<i64> = sqlx::query_scalar(&format!(
+        "SELECT last_sequence FROM {positions}
+          WHERE aggregate_type = $1 AND aggregate_id = $2 FOR UPDATE"
+    ))
     .bind(&message.aggregate_type)
     .bind(&message.aggregate_id)
     .fetch_optional(&mut **transaction)
@@ -273,23 +326,26 @@ async fn apply_once(
         to_apply.extend(missing);
     }
     to_apply.push(message.clone());
+    let mut produced = Vec::new();
     for event in &to_apply {
-        views::apply(transaction, event).await?;
+        produced.extend(handler.apply(transaction, event).await?);
     }
     let count = i64::try_from(to_apply.len()).unwrap_or(i64::MAX);
-    sqlx::query(
-        "INSERT INTO projection_positions (aggregate_type, aggregate_id, last_sequence, applied_count)
+    sqlx::query(&format!(
+        "INSERT INTO {positions} (aggregate_type, aggregate_id, last_sequence, applied_count)
          VALUES ($1, $2, $3, $4)
          ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE
             SET last_sequence = EXCLUDED.last_sequence,
-                applied_count = projection_positions.applied_count + EXCLUDED.applied_count,
-                updated_at = now()",
-    )
+                applied_count = {positions}.applied_count + EXCLUDED.applied_count,
+                updated_at = now()"
+    ))
     .bind(&message.aggregate_type)
     .bind(&message.aggregate_id)
     .bind(message.sequence)
     .bind(count)
     .execute(&mut **transaction)
     .await?;
+    // Only once the savepoint is sure to stand do its outputs count.
+    outputs.extend(produced);
     Ok(Outcome::Applied)
 }

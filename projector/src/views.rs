@@ -9,6 +9,39 @@ use serde_json::json;
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
+/// The read models as a consumer handler: `projection_positions`, the `{ns}.projector` queue.
+pub struct ReadModels;
+
+#[async_trait::async_trait]
+impl crate::Handler for ReadModels {
+    type Output = ();
+
+    fn name(&self) -> &'static str {
+        "projector"
+    }
+
+    fn queue(&self, topology: &bus::Topology) -> String {
+        topology.projector_queue()
+    }
+
+    fn positions_table(&self) -> &'static str {
+        "projection_positions"
+    }
+
+    async fn apply(
+        &self,
+        transaction: &mut Transaction<'_, Postgres>,
+        event: &EventMessage,
+    ) -> anyhow::Result<Vec<()>> {
+        apply(transaction, event).await?;
+        Ok(Vec::new())
+    }
+
+    async fn before_commit(&self, _outputs: Vec<()>) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
 pub async fn apply(
     transaction: &mut Transaction<'_, Postgres>,
     message: &EventMessage,
@@ -311,7 +344,10 @@ async fn insert_system_message(
 ) -> anyhow::Result<()> {
     // A system message's id is derived from its place in the timeline, so a rebuild of the
     // read models gives it the same id again.
-    let message_id = Uuid::new_v5(&conversation_id, format!("system:{seq}").as_bytes());
+    let message_id = domain::conversation::system_message_id(
+        domain::ConversationId::from_uuid(conversation_id),
+        seq,
+    );
     let body = system["action"].as_str().map(str::to_owned);
     sqlx::query(
         "INSERT INTO messages (id, conversation_id, seq, sender_id, kind, body, system, created_at)

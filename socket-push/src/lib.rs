@@ -4,6 +4,8 @@
 //! through the same code as their REST twins, answering each with `ack` or `error`.
 //!
 //! - [`frames`]: the client frames and how each is carried out.
+//! - [`hub`]: this node's connections by user, with bounded outbound queues.
+//! - [`push`]: the push router: recipients of each event, their inboxes (cursors), delivery.
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::extract::{FromRef, Query, State};
@@ -14,10 +16,13 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
-use uuid::Uuid;
 use web::{ApiError, Authenticator, Caller};
 
 pub mod frames;
+pub mod hub;
+pub mod push;
+
+use hub::{Cursor, Hub, Outbound};
 
 /// Frames above this close the socket with 1009.
 pub const MAX_FRAME_BYTES: usize = 64 * 1024;
@@ -28,6 +33,10 @@ pub struct PushState {
     pub authenticator: Arc<Authenticator>,
     /// Command frames run through the command side, as REST commands do.
     pub commands: command_api::CommandState,
+    pub hub: Arc<Hub>,
+    /// For the inboxes (resume) the push router fills.
+    pub redis: redis::aio::ConnectionManager,
+    pub namespace: String,
     /// Browser origins allowed to connect; requests without `Origin` are always allowed.
     pub allowed_origins: Arc<Vec<String>>,
 }
@@ -45,6 +54,8 @@ pub fn router() -> axum::Router<PushState> {
 #[derive(Deserialize)]
 pub struct ConnectQuery {
     access_token: Option<String>,
+    /// The last cursor the client saw: resume from there.
+    cursor: Option<String>,
 }
 
 /// GET /api/v1/ws
@@ -86,33 +97,92 @@ pub async fn connect(
         .max_frame_size(MAX_FRAME_BYTES)
         .read_buffer_size(4 * 1024)
         .write_buffer_size(4 * 1024)
-        .on_upgrade(move |socket| serve_connection(socket, caller, state))
+        .on_upgrade(move |socket| serve_connection(socket, caller, state, query.cursor))
         .into_response())
 }
 
-async fn serve_connection(mut socket: WebSocket, caller: Caller, state: PushState) {
+async fn serve_connection(
+    socket: WebSocket,
+    caller: Caller,
+    state: PushState,
+    resume_from: Option<String>,
+) {
+    let user_id = caller.user_id;
+    let registration = state.hub.register(user_id);
+    let connection_id = registration.connection_id;
+    if let Err(error) = run_connection(socket, &caller, &state, registration, resume_from).await {
+        tracing::debug!(%error, %connection_id, "websocket closed");
+    }
+    state.hub.unregister(user_id, connection_id);
+}
+
+async fn send_text(socket: &mut WebSocket, text: &str) -> anyhow::Result<()> {
+    socket.send(Message::Text(text.into())).await?;
+    Ok(())
+}
+
+async fn run_connection(
+    mut socket: WebSocket,
+    caller: &Caller,
+    state: &PushState,
+    mut registration: hub::Registration,
+    resume_from: Option<String>,
+) -> anyhow::Result<()> {
+    let inbox = push::inbox_key(&state.namespace, caller.user_id);
+    let mut redis = state.redis.clone();
+    // Registered before the inbox is read, so nothing can fall between the two: frames that
+    // arrive meanwhile wait in the queue and are dropped there if already sent.
+    let newest: Vec<(String, Vec<(String, String)>)> = redis::cmd("XREVRANGE")
+        .arg(&inbox)
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(&mut redis)
+        .await?;
+    let mut sent_up_to = newest
+        .first()
+        .and_then(|(id, _)| Cursor::parse(id))
+        .unwrap_or(Cursor::ZERO);
     let ready = json!({
         "type": "ready",
-        "connection_id": Uuid::now_v7(),
+        "connection_id": registration.connection_id,
         "user_id": caller.user_id,
-        "cursor": "0",
+        "cursor": sent_up_to.to_string(),
         "heartbeat_ms": HEARTBEAT.as_millis() as u64,
     });
-    if socket
-        .send(Message::Text(ready.to_string().into()))
-        .await
-        .is_err()
-    {
-        return;
+    send_text(&mut socket, &ready.to_string()).await?;
+    if let Some(from) = resume_from {
+        let (recovered, last) = replay(&mut socket, &mut redis, &inbox, &from).await?;
+        if recovered {
+            sent_up_to = sent_up_to.max(last);
+        }
+        let resumed =
+            json!({"type": "resumed", "recovered": recovered, "cursor": sent_up_to.to_string()});
+        send_text(&mut socket, &resumed.to_string()).await?;
     }
+
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
     heartbeat.tick().await;
     loop {
         tokio::select! {
             _ = heartbeat.tick() => {
-                if socket.send(Message::Ping(Vec::new().into())).await.is_err() {
-                    return;
+                socket.send(Message::Ping(Vec::new().into())).await?;
+            }
+            () = registration.kicked.cancelled() => {
+                let close = CloseFrame { code: 4008, reason: "too slow: reconnect with your cursor".into() };
+                let _ = socket.send(Message::Close(Some(close))).await;
+                return Ok(());
+            }
+            outbound = registration.outbound.recv() => {
+                let Some(Outbound { cursor, text }) = outbound else { return Ok(()) };
+                if let Some(cursor) = cursor {
+                    if cursor <= sent_up_to {
+                        continue;
+                    }
+                    sent_up_to = cursor;
                 }
+                send_text(&mut socket, &text).await?;
             }
             frame = socket.recv() => {
                 let frame = match frame {
@@ -122,22 +192,79 @@ async fn serve_connection(mut socket: WebSocket, caller: Caller, state: PushStat
                             let close = CloseFrame { code: close_code::SIZE, reason: "frames are limited to 64 KiB".into() };
                             let _ = socket.send(Message::Close(Some(close))).await;
                         }
-                        return;
+                        return Ok(());
                     }
-                    None => return,
+                    None => return Ok(()),
                 };
                 let reply = match frame {
-                    Message::Text(text) => frames::handle(&state.commands, &caller, &text).await,
+                    Message::Text(text) => frames::handle(&state.commands, caller, &text).await,
                     Message::Binary(_) => Some(frames::error(Value::Null, "unsupported_frame", "frames are JSON text")),
-                    Message::Close(_) => return,
+                    Message::Close(_) => return Ok(()),
                     _ => None,
                 };
-                if let Some(reply) = reply
-                    && socket.send(Message::Text(reply.to_string().into())).await.is_err()
-                {
-                    return;
+                if let Some(reply) = reply {
+                    send_text(&mut socket, &reply.to_string()).await?;
                 }
             }
+        }
+    }
+}
+
+/// Sends every inbox entry after `from`, in order. `(false, _)` when that cannot be done
+/// exactly: the cursor does not parse, or entries after it were trimmed or lost.
+async fn replay(
+    socket: &mut WebSocket,
+    redis: &mut redis::aio::ConnectionManager,
+    inbox: &str,
+    from: &str,
+) -> anyhow::Result<(bool, Cursor)> {
+    let Some(from) = Cursor::parse(from) else {
+        return Ok((false, Cursor::ZERO));
+    };
+    let info: Option<std::collections::HashMap<String, redis::Value>> = redis::cmd("XINFO")
+        .arg("STREAM")
+        .arg(inbox)
+        .query_async(redis)
+        .await
+        .ok();
+    let stream_value = |name: &str| -> Option<Cursor> {
+        match info.as_ref()?.get(name)? {
+            redis::Value::BulkString(bytes) => Cursor::parse(std::str::from_utf8(bytes).ok()?),
+            redis::Value::SimpleString(text) => Cursor::parse(text),
+            _ => None,
+        }
+    };
+    let Some(last_generated) = stream_value("last-generated-id") else {
+        // No inbox at all: fine only for a client that has seen nothing.
+        return Ok((from == Cursor::ZERO, Cursor::ZERO));
+    };
+    let trimmed_past = stream_value("max-deleted-entry-id").unwrap_or(Cursor::ZERO);
+    if from < trimmed_past || from > last_generated {
+        return Ok((false, Cursor::ZERO));
+    }
+    let mut after = from;
+    loop {
+        let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+            .arg(inbox)
+            .arg(format!("({after}"))
+            .arg("+")
+            .arg("COUNT")
+            .arg(500)
+            .query_async(redis)
+            .await?;
+        if entries.is_empty() {
+            return Ok((true, after));
+        }
+        for (id, fields) in entries {
+            let Some(cursor) = Cursor::parse(&id) else {
+                continue;
+            };
+            if let Some((_, text)) = fields.into_iter().find(|(name, _)| name == "f") {
+                let mut frame: Value = serde_json::from_str(&text)?;
+                frame["cursor"] = json!(id);
+                send_text(socket, &frame.to_string()).await?;
+            }
+            after = cursor;
         }
     }
 }

@@ -148,3 +148,8 @@ pub struct Receipt {
     #[schema(value_type = Option<String>, format = DateTime)]
     pub read_at: Option<DateTime<Utc>>,
 }
+
+/// A time as the contract writes it, for JSON built by hand.
+pub fn rfc3339_string(time: &DateTime<Utc>) -> String {
+    time.to_rfc3339_opts(SecondsFormat::Millis, true)
+}

@@ -684,7 +684,7 @@ async fn sends_are_rate_limited_per_user_over_rest_and_websocket() {
         "ready"
     );
     crate::websocket::send_frame(&mut socket, json!({"type": "message.send", "ref": "r", "conversation_id": id, "client_message_id": "over", "body": "hi"})).await;
-    let frame = crate::websocket::next_frame(&mut socket).await;
+    let frame = crate::websocket::next_reply(&mut socket).await;
     assert_eq!(
         (
             frame["type"].as_str(),

@@ -52,6 +52,16 @@ pub(crate) async fn next_frame(socket: &mut Socket) -> Value {
     }
 }
 
+/// The next frame that is not a pushed `event` (an ack, error, pong, ready or resumed).
+pub(crate) async fn next_reply(socket: &mut Socket) -> Value {
+    loop {
+        let frame = next_frame(socket).await;
+        if frame["type"] != "event" {
+            return frame;
+        }
+    }
+}
+
 pub(crate) async fn send_frame(socket: &mut Socket, frame: Value) {
     socket
         .send(Message::Text(frame.to_string().into()))
@@ -126,7 +136,7 @@ async fn ready_ping_and_message_send_with_acks() {
     let conversation_id = conversation["id"].clone();
 
     let mut socket = connect(&app, &alice.access_token).await;
-    let ready = next_frame(&mut socket).await;
+    let ready = next_reply(&mut socket).await;
     assert_eq!(ready["type"], "ready");
     assert_eq!(ready["user_id"], alice.id.to_string());
     assert!(ready["heartbeat_ms"].as_u64().is_some_and(|ms| ms > 0));
@@ -134,13 +144,13 @@ async fn ready_ping_and_message_send_with_acks() {
 
     send_frame(&mut socket, json!({"type": "ping", "ref": "p1"})).await;
     assert_eq!(
-        next_frame(&mut socket).await,
+        next_reply(&mut socket).await,
         json!({"type": "pong", "ref": "p1"})
     );
 
     let send = json!({"type": "message.send", "ref": 7, "conversation_id": conversation_id, "client_message_id": "ws-1", "body": "over the socket"});
     send_frame(&mut socket, send.clone()).await;
-    let ack = next_frame(&mut socket).await;
+    let ack = next_reply(&mut socket).await;
     assert_eq!(ack["type"], "ack", "{ack}");
     assert_eq!(ack["ref"], 7);
     assert_eq!(ack["result"]["seq"], 1);
@@ -148,7 +158,7 @@ async fn ready_ping_and_message_send_with_acks() {
     assert_eq!(ack["result"]["sender_id"], alice.id.to_string());
     // The same client_message_id again: the same message, nothing new.
     send_frame(&mut socket, send).await;
-    let again = next_frame(&mut socket).await;
+    let again = next_reply(&mut socket).await;
     assert_eq!(again["result"]["id"], ack["result"]["id"]);
     // It is the same message REST shows.
     let message_id = ack["result"]["id"].as_str().unwrap_or_default();
@@ -182,7 +192,7 @@ async fn ready_ping_and_message_send_with_acks() {
 
     // The same validation as REST, answered with the ref.
     send_frame(&mut socket, json!({"type": "message.send", "ref": "e1", "conversation_id": conversation_id, "client_message_id": "ws-2", "body": "  "})).await;
-    let refused = next_frame(&mut socket).await;
+    let refused = next_reply(&mut socket).await;
     assert_eq!(
         (
             refused["type"].as_str(),
@@ -193,11 +203,11 @@ async fn ready_ping_and_message_send_with_acks() {
     );
     send_frame(&mut socket, json!({"type": "message.send", "ref": "e2", "conversation_id": uuid::Uuid::now_v7(), "client_message_id": "ws-3", "body": "hi"})).await;
     assert_eq!(
-        next_frame(&mut socket).await["code"],
+        next_reply(&mut socket).await["code"],
         "conversation_not_found"
     );
     send_frame(&mut socket, json!({"type": "teleport", "ref": "e3"})).await;
-    let unknown = next_frame(&mut socket).await;
+    let unknown = next_reply(&mut socket).await;
     assert_eq!(
         (unknown["code"].as_str(), unknown["ref"].as_str()),
         (Some("invalid_frame"), Some("e3"))
@@ -206,23 +216,23 @@ async fn ready_ping_and_message_send_with_acks() {
         .send(Message::Text("not json".into()))
         .await
         .unwrap_or_else(|error| panic!("{error}"));
-    assert_eq!(next_frame(&mut socket).await["code"], "malformed_frame");
+    assert_eq!(next_reply(&mut socket).await["code"], "malformed_frame");
 
     // A non-member's socket cannot send into the conversation.
     let mut intruder = connect(&app, &outsider.access_token).await;
-    assert_eq!(next_frame(&mut intruder).await["type"], "ready");
+    assert_eq!(next_reply(&mut intruder).await["type"], "ready");
     send_frame(&mut intruder, json!({"type": "message.send", "ref": 1, "conversation_id": conversation_id, "client_message_id": "x", "body": "hi"})).await;
     assert_eq!(
-        next_frame(&mut intruder).await["code"],
+        next_reply(&mut intruder).await["code"],
         "conversation_not_found"
     );
 
     // Receipts over the socket move the watermark like REST.
     let mut bob_socket = connect(&app, &bob.access_token).await;
-    assert_eq!(next_frame(&mut bob_socket).await["type"], "ready");
+    assert_eq!(next_reply(&mut bob_socket).await["type"], "ready");
     send_frame(&mut bob_socket, json!({"type": "receipt", "ref": "r1", "conversation_id": conversation_id, "delivered_seq": 1, "read_seq": 1})).await;
     assert_eq!(
-        next_frame(&mut bob_socket).await,
+        next_reply(&mut bob_socket).await,
         json!({"type": "ack", "ref": "r1", "result": null})
     );
 }
@@ -247,4 +257,358 @@ async fn frames_over_64_kib_close_the_socket_with_1009() {
     .await
     .unwrap_or_else(|_| panic!("the socket stayed open"));
     assert_eq!(closed, Some(1009));
+}
+
+/// The next `event` frame (skipping others), within 5 s.
+async fn next_event(socket: &mut Socket) -> Value {
+    loop {
+        let frame = next_frame(socket).await;
+        if frame["type"] == "event" {
+            return frame;
+        }
+    }
+}
+
+async fn ready(socket: &mut Socket) -> Value {
+    let frame = next_frame(socket).await;
+    assert_eq!(frame["type"], "ready", "{frame}");
+    frame
+}
+
+#[tokio::test]
+async fn events_reach_every_device_of_every_member_in_order() {
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let mut bob_phone = connect(&app, &bob.access_token).await;
+    let mut bob_laptop = connect(&app, &bob.access_token).await;
+    let mut alice_tab = connect(&app, &alice.access_token).await;
+    for socket in [&mut bob_phone, &mut bob_laptop, &mut alice_tab] {
+        ready(socket).await;
+    }
+    let conversation = json_body(
+        app.post(
+            "/api/v1/conversations",
+            Some(&alice.access_token),
+            &json!({"type": "direct", "user_id": bob.id}),
+        )
+        .await,
+    )
+    .await;
+    let id = conversation["id"].clone();
+    for socket in [&mut bob_phone, &mut bob_laptop, &mut alice_tab] {
+        let created = next_event(socket).await;
+        assert_eq!(created["event"], "conversation.created");
+        assert_eq!(created["data"]["id"], id);
+        assert_eq!(created["data"]["members"].as_array().map(Vec::len), Some(2));
+    }
+    for index in 1..=5 {
+        let response = app
+            .post(
+                &format!(
+                    "/api/v1/conversations/{}/messages",
+                    id.as_str().unwrap_or_default()
+                ),
+                Some(&alice.access_token),
+                &json!({"body": format!("m{index}")}),
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+    }
+    for socket in [&mut bob_phone, &mut bob_laptop] {
+        let mut cursors = Vec::new();
+        for index in 1..=5 {
+            let event = next_event(socket).await;
+            assert_eq!(event["event"], "message.created");
+            assert_eq!(event["conversation_id"], id);
+            assert_eq!(event["seq"], index);
+            assert_eq!(event["data"]["body"], format!("m{index}"));
+            assert_eq!(event["data"]["status"], Value::Null);
+            cursors.push(event["cursor"].as_str().unwrap_or_default().to_owned());
+        }
+        let mut sorted = cursors.clone();
+        sorted.dedup();
+        assert_eq!(sorted.len(), 5, "cursors are distinct: {cursors:?}");
+    }
+    let own = next_event(&mut alice_tab).await;
+    assert_eq!(
+        (own["seq"].as_i64(), own["data"]["status"].as_str()),
+        (Some(1), Some("sent"))
+    );
+
+    // Edits, deletions and receipts are pushed too.
+    send_frame(
+        &mut bob_phone,
+        json!({"type": "receipt", "conversation_id": id, "delivered_seq": 5, "read_seq": 2}),
+    )
+    .await;
+    let receipt = next_event(&mut bob_laptop).await;
+    assert_eq!(receipt["event"], "receipt.updated");
+    assert_eq!(
+        (
+            receipt["data"]["delivered_seq"].as_i64(),
+            receipt["data"]["read_seq"].as_i64()
+        ),
+        (Some(5), Some(2))
+    );
+    let message_id = own["data"]["id"].as_str().unwrap_or_default().to_owned();
+    let edited = app
+        .patch(
+            &format!("/api/v1/messages/{message_id}"),
+            &alice.access_token,
+            &json!({"body": "m1 fixed"}),
+        )
+        .await;
+    assert_eq!(edited.status(), StatusCode::OK);
+    let edit = next_event(&mut bob_laptop).await;
+    assert_eq!(
+        (edit["event"].as_str(), edit["data"]["body"].as_str()),
+        (Some("message.edited"), Some("m1 fixed"))
+    );
+    assert!(edit["data"]["edited_at"].is_string());
+    let deleted = app
+        .client
+        .delete(app.url(&format!("/api/v1/messages/{message_id}")))
+        .bearer_auth(&alice.access_token)
+        .send()
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
+    let deletion = next_event(&mut bob_laptop).await;
+    assert_eq!(
+        (
+            deletion["event"].as_str(),
+            deletion["data"]["deleted"].as_bool()
+        ),
+        (Some("message.deleted"), Some(true))
+    );
+    assert_eq!(deletion["data"]["body"], Value::Null);
+}
+
+#[tokio::test]
+async fn a_removed_member_stops_receiving_at_once() {
+    let app = spawn_app().await;
+    let owner = app.register("owner").await;
+    let member = app.register("member").await;
+    let mut socket = connect(&app, &member.access_token).await;
+    ready(&mut socket).await;
+    let group = json_body(
+        app.post(
+            "/api/v1/conversations",
+            Some(&owner.access_token),
+            &json!({"type": "group", "title": "G", "member_ids": [member.id]}),
+        )
+        .await,
+    )
+    .await;
+    let id = group["id"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(
+        next_event(&mut socket).await["event"],
+        "conversation.created"
+    );
+    let removed = app
+        .client
+        .delete(app.url(&format!("/api/v1/conversations/{id}/members/{}", member.id)))
+        .bearer_auth(&owner.access_token)
+        .send()
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(removed.status(), StatusCode::NO_CONTENT);
+    let removal = next_event(&mut socket).await;
+    assert_eq!(
+        (
+            removal["event"].as_str(),
+            removal["data"]["user_id"].as_str()
+        ),
+        (Some("member.removed"), Some(member.id.to_string().as_str()))
+    );
+    let after = app
+        .post(
+            &format!("/api/v1/conversations/{id}/messages"),
+            Some(&owner.access_token),
+            &json!({"body": "secret"}),
+        )
+        .await;
+    assert_eq!(after.status(), StatusCode::CREATED);
+    // Give the router time to (wrongly) deliver, then check nothing came.
+    send_frame(&mut socket, json!({"type": "ping", "ref": "probe"})).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let frame = next_frame(&mut socket).await;
+    assert_eq!(
+        frame,
+        json!({"type": "pong", "ref": "probe"}),
+        "a removed member got {frame}"
+    );
+    let nothing = tokio::time::timeout(Duration::from_millis(700), socket.next()).await;
+    if let Ok(Some(Ok(Message::Text(text)))) = nothing {
+        panic!("a removed member got {text}");
+    }
+}
+
+#[tokio::test]
+async fn reconnecting_with_a_cursor_delivers_exactly_the_missed_events_in_order() {
+    let app = spawn_app().await;
+    let reader = app.register("reader").await;
+    let mut writers = Vec::new();
+    for index in 0..5 {
+        writers.push(app.register(&format!("writer{index}")).await);
+    }
+    let mut conversations = Vec::new();
+    for writer in &writers {
+        let conversation = json_body(
+            app.post(
+                "/api/v1/conversations",
+                Some(&writer.access_token),
+                &json!({"type": "direct", "user_id": reader.id}),
+            )
+            .await,
+        )
+        .await;
+        conversations.push(conversation["id"].as_str().unwrap_or_default().to_owned());
+    }
+    // Connected until all five conversations were pushed; the last cursor seen is kept.
+    let mut socket = connect(&app, &reader.access_token).await;
+    ready(&mut socket).await;
+    let mut cursor;
+    let first = app
+        .post(
+            &format!("/api/v1/conversations/{}/messages", conversations[0]),
+            Some(&writers[0].access_token),
+            &json!({"body": "before"}),
+        )
+        .await;
+    assert_eq!(first.status(), StatusCode::CREATED);
+    loop {
+        let event = next_event(&mut socket).await;
+        cursor = event["cursor"].as_str().unwrap_or_default().to_owned();
+        if event["event"] == "message.created" {
+            break;
+        }
+    }
+    drop(socket);
+
+    // Offline: 50 messages across the 5 conversations.
+    for round in 0..10 {
+        for (writer, conversation) in writers.iter().zip(&conversations) {
+            let response = app
+                .post(
+                    &format!("/api/v1/conversations/{conversation}/messages"),
+                    Some(&writer.access_token),
+                    &json!({"body": format!("r{round}")}),
+                )
+                .await;
+            assert_eq!(response.status(), StatusCode::CREATED);
+        }
+    }
+    // Wait until the router has put them all in the inbox (a fresh connection's ready cursor).
+    let mut settled = false;
+    for _ in 0..100 {
+        let mut probe = connect(&app, &reader.access_token).await;
+        let newest = ready(&mut probe).await["cursor"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let length: i64 = {
+            let client = redis::Client::open(app.settings.redis_url.as_str())
+                .unwrap_or_else(|error| panic!("{error}"));
+            let mut connection = client
+                .get_multiplexed_async_connection()
+                .await
+                .unwrap_or_else(|error| panic!("{error}"));
+            redis::cmd("XLEN")
+                .arg(format!("{}:inbox:{}", app.settings.namespace, reader.id))
+                .query_async(&mut connection)
+                .await
+                .unwrap_or(0)
+        };
+        // 5 conversation.created + 1 before + 50 missed.
+        if length >= 56 && newest != cursor {
+            settled = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(settled, "the router did not deliver the 50 messages");
+
+    let url = format!(
+        "{}?cursor={cursor}&access_token={}",
+        ws_url(&app, ""),
+        reader.access_token
+    );
+    let (mut resumed, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    ready(&mut resumed).await;
+    let mut per_conversation: std::collections::HashMap<String, Vec<i64>> =
+        std::collections::HashMap::new();
+    let mut last_cursor = String::new();
+    loop {
+        let frame = next_frame(&mut resumed).await;
+        if frame["type"] == "resumed" {
+            assert_eq!(frame["recovered"], true);
+            assert_eq!(frame["cursor"].as_str(), Some(last_cursor.as_str()));
+            break;
+        }
+        assert_eq!(frame["event"], "message.created", "{frame}");
+        last_cursor = frame["cursor"].as_str().unwrap_or_default().to_owned();
+        per_conversation
+            .entry(
+                frame["conversation_id"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+            .or_default()
+            .push(frame["seq"].as_i64().unwrap_or(0));
+    }
+    assert_eq!(
+        per_conversation.values().map(Vec::len).sum::<usize>(),
+        50,
+        "{per_conversation:?}"
+    );
+    for (index, conversation) in conversations.iter().enumerate() {
+        let expected: Vec<i64> = if index == 0 {
+            (2..=11).collect()
+        } else {
+            (1..=10).collect()
+        };
+        assert_eq!(
+            per_conversation.get(conversation),
+            Some(&expected),
+            "conversation {index}"
+        );
+    }
+    // Live events follow the replay, once.
+    let live = app
+        .post(
+            &format!("/api/v1/conversations/{}/messages", conversations[1]),
+            Some(&writers[1].access_token),
+            &json!({"body": "live"}),
+        )
+        .await;
+    assert_eq!(live.status(), StatusCode::CREATED);
+    let event = next_event(&mut resumed).await;
+    assert_eq!(
+        (event["seq"].as_i64(), event["data"]["body"].as_str()),
+        (Some(11), Some("live"))
+    );
+
+    // A cursor that cannot be served: recovered false, at once.
+    for bad in ["not-a-cursor", "99999999999999-0"] {
+        let url = format!(
+            "{}?cursor={bad}&access_token={}",
+            ws_url(&app, ""),
+            reader.access_token
+        );
+        let (mut socket, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .unwrap_or_else(|error| panic!("{error}"));
+        ready(&mut socket).await;
+        let frame = next_frame(&mut socket).await;
+        assert_eq!(
+            (frame["type"].as_str(), frame["recovered"].as_bool()),
+            (Some("resumed"), Some(false)),
+            "{bad}"
+        );
+    }
 }

@@ -1,0 +1,113 @@
+//! The connections of this node, by user. Each connection has a bounded outbound queue; a
+//! connection whose queue is full is kicked (closed with 4008) instead of growing memory or
+//! silently missing frames.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// Frames a connection may have waiting before it counts as too slow.
+pub const OUTBOUND_QUEUE: usize = 1024;
+
+/// A per-user inbox position (a Redis stream id, `ms-seq`), ordered as the stream orders it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Cursor(pub u64, pub u64);
+
+impl Cursor {
+    pub const ZERO: Self = Self(0, 0);
+
+    pub fn parse(text: &str) -> Option<Self> {
+        let (millis, sequence) = text.split_once('-').unwrap_or((text, "0"));
+        Some(Self(millis.parse().ok()?, sequence.parse().ok()?))
+    }
+}
+
+impl std::fmt::Display for Cursor {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(formatter, "{}-{}", self.0, self.1)
+    }
+}
+
+/// One frame on its way to a connection.
+#[derive(Clone, Debug)]
+pub struct Outbound {
+    /// Set on `event` frames: lets a resuming connection drop what its replay already sent.
+    pub cursor: Option<Cursor>,
+    pub text: Arc<str>,
+}
+
+struct Entry {
+    connection_id: Uuid,
+    sender: mpsc::Sender<Outbound>,
+    kick: CancellationToken,
+}
+
+/// A registered connection's ends.
+pub struct Registration {
+    pub connection_id: Uuid,
+    pub outbound: mpsc::Receiver<Outbound>,
+    /// Cancelled when the connection must close with 4008 (it fell behind).
+    pub kicked: CancellationToken,
+}
+
+#[derive(Default)]
+pub struct Hub {
+    connections: Mutex<HashMap<Uuid, Vec<Entry>>>,
+}
+
+impl Hub {
+    pub fn register(&self, user_id: Uuid) -> Registration {
+        let (sender, outbound) = mpsc::channel(OUTBOUND_QUEUE);
+        let connection_id = Uuid::now_v7();
+        let kicked = CancellationToken::new();
+        let entry = Entry {
+            connection_id,
+            sender,
+            kick: kicked.clone(),
+        };
+        if let Ok(mut connections) = self.connections.lock() {
+            connections.entry(user_id).or_default().push(entry);
+        }
+        metrics::gauge!("chat_ws_connections").increment(1.0);
+        Registration {
+            connection_id,
+            outbound,
+            kicked,
+        }
+    }
+
+    pub fn unregister(&self, user_id: Uuid, connection_id: Uuid) {
+        if let Ok(mut connections) = self.connections.lock()
+            && let Some(entries) = connections.get_mut(&user_id)
+        {
+            entries.retain(|entry| entry.connection_id != connection_id);
+            if entries.is_empty() {
+                connections.remove(&user_id);
+            }
+        }
+        metrics::gauge!("chat_ws_connections").decrement(1.0);
+    }
+
+    /// Queues a frame on every connection of `user_id` here. A full queue kicks that
+    /// connection; the others still get the frame.
+    pub fn deliver(&self, user_id: Uuid, frame: &Outbound) {
+        let Ok(connections) = self.connections.lock() else {
+            return;
+        };
+        for entry in connections.get(&user_id).into_iter().flatten() {
+            if entry.sender.try_send(frame.clone()).is_err() {
+                entry.kick.cancel();
+            }
+        }
+    }
+
+    /// Whether `user_id` has a connection on this node.
+    pub fn is_connected(&self, user_id: Uuid) -> bool {
+        self.connections
+            .lock()
+            .map(|connections| connections.contains_key(&user_id))
+            .unwrap_or(false)
+    }
+}

@@ -1,0 +1,438 @@
+//! The push router: consumes every event (one node at a time, so in order), works out who must
+//! hear of it (the conversation's members at that event), appends the frame to each
+//! recipient's inbox (a Redis stream, whose ids are the cursors clients resume from) and hands
+//! it to their connections.
+
+use async_trait::async_trait;
+use bus::{EventMessage, Topology};
+use cqrs_es::Aggregate;
+use domain::conversation::{Conversation, ConversationEvent, system_message_id};
+use domain::{ConversationId, UserId};
+use redis::aio::ConnectionManager;
+use serde_json::{Value, json};
+use sqlx::{Postgres, Transaction};
+use std::sync::Arc;
+use store::AggregateStore;
+use uuid::Uuid;
+use web::dto::{Message, rfc3339_string};
+
+use crate::hub::{Cursor, Hub, Outbound};
+
+/// How many events a user's inbox keeps for resuming (approximately; Redis trims lazily).
+pub const INBOX_LENGTH: usize = 10_000;
+
+/// One event for some users: the `event` frame without its cursor (each recipient's inbox
+/// gives its own).
+pub struct Push {
+    pub recipients: Vec<Uuid>,
+    pub frame: Value,
+    /// The sender of a message sees its `status`.
+    pub sender_id: Option<Uuid>,
+}
+
+pub struct PushRouter {
+    pub redis: ConnectionManager,
+    pub namespace: String,
+    pub hub: Arc<Hub>,
+    pub conversations: Arc<AggregateStore<Conversation>>,
+}
+
+pub fn inbox_key(namespace: &str, user_id: Uuid) -> String {
+    format!("{namespace}:inbox:{user_id}")
+}
+
+#[async_trait]
+impl projector::Handler for PushRouter {
+    type Output = Push;
+
+    fn name(&self) -> &'static str {
+        "push"
+    }
+
+    fn queue(&self, topology: &Topology) -> String {
+        topology.push_queue()
+    }
+
+    fn positions_table(&self) -> &'static str {
+        "push_positions"
+    }
+
+    async fn apply(
+        &self,
+        transaction: &mut Transaction<'_, Postgres>,
+        event: &EventMessage,
+    ) -> anyhow::Result<Vec<Push>> {
+        if event.aggregate_type != Conversation::TYPE {
+            return Ok(Vec::new());
+        }
+        let conversation_id: Uuid = event.aggregate_id.parse()?;
+        let payload: ConversationEvent = serde_json::from_value(event.payload.clone())?;
+        self.route(transaction, conversation_id, payload).await
+    }
+
+    async fn before_commit(&self, pushes: Vec<Push>) -> anyhow::Result<()> {
+        if pushes.is_empty() {
+            return Ok(());
+        }
+        // Every frame goes into each recipient's inbox first (one pipeline for the batch);
+        // the stream id it gets is the cursor the frame carries.
+        let mut pipeline = redis::pipe();
+        let mut frames = Vec::new();
+        for push in &pushes {
+            for recipient in &push.recipients {
+                let mut frame = push.frame.clone();
+                if push.sender_id == Some(*recipient)
+                    && let Some(data) = frame.get_mut("data")
+                    && data.get("kind").is_some_and(|kind| kind != "system")
+                {
+                    data["status"] = json!("sent");
+                }
+                let text = frame.to_string();
+                pipeline
+                    .cmd("XADD")
+                    .arg(inbox_key(&self.namespace, *recipient))
+                    .arg("MAXLEN")
+                    .arg("~")
+                    .arg(INBOX_LENGTH)
+                    .arg("*")
+                    .arg("f")
+                    .arg(&text);
+                frames.push((*recipient, frame));
+            }
+        }
+        let mut redis = self.redis.clone();
+        let ids: Vec<String> = pipeline.query_async(&mut redis).await?;
+        for ((recipient, mut frame), id) in frames.into_iter().zip(ids) {
+            frame["cursor"] = json!(id);
+            let outbound = Outbound {
+                cursor: Cursor::parse(&id),
+                text: Arc::from(frame.to_string()),
+            };
+            self.hub.deliver(recipient, &outbound);
+        }
+        Ok(())
+    }
+}
+
+impl PushRouter {
+    async fn members(
+        transaction: &mut Transaction<'_, Postgres>,
+        conversation_id: Uuid,
+    ) -> anyhow::Result<Vec<Uuid>> {
+        Ok(sqlx::query_scalar(
+            "SELECT user_id FROM push_members WHERE conversation_id = $1 ORDER BY user_id",
+        )
+        .bind(conversation_id)
+        .fetch_all(&mut **transaction)
+        .await?)
+    }
+
+    async fn add_members(
+        transaction: &mut Transaction<'_, Postgres>,
+        conversation_id: Uuid,
+        user_ids: &[Uuid],
+    ) -> anyhow::Result<()> {
+        sqlx::query(
+            "INSERT INTO push_members (conversation_id, user_id) SELECT $1, unnest($2::uuid[]) ON CONFLICT DO NOTHING",
+        )
+        .bind(conversation_id)
+        .bind(user_ids)
+        .execute(&mut **transaction)
+        .await?;
+        Ok(())
+    }
+
+    /// The conversation as its aggregate now stands, in the REST shape (without the
+    /// caller-specific `last_message` and `unread_count`, which REST gives).
+    async fn conversation(&self, conversation_id: Uuid) -> anyhow::Result<Value> {
+        let state = self
+            .conversations
+            .load(&conversation_id.to_string())
+            .await
+            .map_err(|error| anyhow::anyhow!("{error}"))?
+            .unwrap_or_default();
+        let members: Vec<Value> = state
+            .members
+            .iter()
+            .map(|(user_id, member)| json!({"user_id": user_id, "role": member.role.as_str(), "joined_at": rfc3339_string(&member.joined_at)}))
+            .collect();
+        Ok(json!({
+            "id": conversation_id,
+            "type": state.kind.map(|kind| serde_json::to_value(kind).unwrap_or(Value::Null)),
+            "title": state.title.as_ref().map(|title| title.as_str()),
+            "owner_id": state.owner_id,
+            "members": members,
+            "last_message": null,
+            "unread_count": 0,
+            "last_seq": state.last_seq,
+            "created_at": state.created_at.as_ref().map(rfc3339_string),
+            "last_activity_at": state.last_activity_at.as_ref().map(rfc3339_string),
+        }))
+    }
+
+    async fn route(
+        &self,
+        transaction: &mut Transaction<'_, Postgres>,
+        conversation_id: Uuid,
+        event: ConversationEvent,
+    ) -> anyhow::Result<Vec<Push>> {
+        let frame = |name: &str, seq: Option<i64>, data: Value| {
+            let mut frame = json!({"type": "event", "event": name, "conversation_id": conversation_id, "data": data});
+            if let Some(seq) = seq {
+                frame["seq"] = json!(seq);
+            }
+            frame
+        };
+        let push = |recipients: Vec<Uuid>, frame: Value| Push {
+            recipients,
+            frame,
+            sender_id: None,
+        };
+        let pushes = match event {
+            ConversationEvent::Created { members, .. } => {
+                let user_ids: Vec<Uuid> = members
+                    .iter()
+                    .map(|(user_id, _)| user_id.as_uuid())
+                    .collect();
+                Self::add_members(transaction, conversation_id, &user_ids).await?;
+                vec![push(
+                    user_ids,
+                    frame(
+                        "conversation.created",
+                        None,
+                        self.conversation(conversation_id).await?,
+                    ),
+                )]
+            }
+            ConversationEvent::Renamed { by, title, seq, at } => {
+                let members = Self::members(transaction, conversation_id).await?;
+                let system = system_message(
+                    conversation_id,
+                    seq,
+                    by,
+                    json!({"action": "renamed", "actor_id": by, "title": title.as_str()}),
+                    at,
+                );
+                vec![
+                    push(
+                        members.clone(),
+                        frame(
+                            "conversation.updated",
+                            None,
+                            self.conversation(conversation_id).await?,
+                        ),
+                    ),
+                    push(members, frame("message.created", Some(seq), system)),
+                ]
+            }
+            ConversationEvent::MemberAdded {
+                by,
+                user_id,
+                role,
+                seq,
+                at,
+            } => {
+                Self::add_members(transaction, conversation_id, &[user_id.as_uuid()]).await?;
+                let members = Self::members(transaction, conversation_id).await?;
+                let system = system_message(
+                    conversation_id,
+                    seq,
+                    by,
+                    json!({"action": "member_added", "actor_id": by, "user_id": user_id}),
+                    at,
+                );
+                vec![
+                    push(
+                        vec![user_id.as_uuid()],
+                        frame(
+                            "conversation.created",
+                            None,
+                            self.conversation(conversation_id).await?,
+                        ),
+                    ),
+                    push(
+                        members.clone(),
+                        frame(
+                            "member.added",
+                            None,
+                            json!({"conversation_id": conversation_id, "user_id": user_id, "role": role.as_str(), "by": by}),
+                        ),
+                    ),
+                    push(members, frame("message.created", Some(seq), system)),
+                ]
+            }
+            ConversationEvent::MemberRemoved {
+                by,
+                user_id,
+                new_owner_id,
+                seq,
+                at,
+            } => {
+                let before = Self::members(transaction, conversation_id).await?;
+                sqlx::query("DELETE FROM push_members WHERE conversation_id = $1 AND user_id = $2")
+                    .bind(conversation_id)
+                    .bind(user_id.as_uuid())
+                    .execute(&mut **transaction)
+                    .await?;
+                let after: Vec<Uuid> = before
+                    .iter()
+                    .copied()
+                    .filter(|member| *member != user_id.as_uuid())
+                    .collect();
+                let action = if by == user_id {
+                    "member_left"
+                } else {
+                    "member_removed"
+                };
+                let system = system_message(
+                    conversation_id,
+                    seq,
+                    by,
+                    json!({"action": action, "actor_id": by, "user_id": user_id, "new_owner_id": new_owner_id}),
+                    at,
+                );
+                vec![
+                    push(
+                        before,
+                        frame(
+                            "member.removed",
+                            None,
+                            json!({"conversation_id": conversation_id, "user_id": user_id, "by": by, "new_owner_id": new_owner_id}),
+                        ),
+                    ),
+                    push(after, frame("message.created", Some(seq), system)),
+                ]
+            }
+            ConversationEvent::MessageSent {
+                message_id,
+                seq,
+                sender_id,
+                body,
+                attachment_ids,
+                reply_to_id,
+                at,
+                ..
+            } => {
+                let members = Self::members(transaction, conversation_id).await?;
+                let kind = if body.is_none() && !attachment_ids.is_empty() {
+                    "image"
+                } else {
+                    "text"
+                };
+                let message = Message {
+                    id: message_id.as_uuid(),
+                    conversation_id,
+                    seq,
+                    sender_id: sender_id.as_uuid(),
+                    kind: kind.to_owned(),
+                    body: body.map(|body| body.as_str().to_owned()),
+                    attachments: Vec::new(),
+                    reply_to_id: reply_to_id.map(|id| id.as_uuid()),
+                    created_at: at,
+                    edited_at: None,
+                    deleted: false,
+                    status: None,
+                    system: None,
+                };
+                vec![Push {
+                    recipients: members,
+                    frame: frame("message.created", Some(seq), serde_json::to_value(message)?),
+                    sender_id: Some(sender_id.as_uuid()),
+                }]
+            }
+            ConversationEvent::MessageEdited {
+                message_id,
+                seq,
+                body,
+                at,
+            } => {
+                let members = Self::members(transaction, conversation_id).await?;
+                let mut message =
+                    original_message(transaction, conversation_id, message_id.as_uuid()).await?;
+                message["body"] = json!(body.as_str());
+                message["edited_at"] = json!(rfc3339_string(&at));
+                vec![push(members, frame("message.edited", Some(seq), message))]
+            }
+            ConversationEvent::MessageDeleted {
+                message_id, seq, ..
+            } => {
+                let members = Self::members(transaction, conversation_id).await?;
+                let mut message =
+                    original_message(transaction, conversation_id, message_id.as_uuid()).await?;
+                message["body"] = Value::Null;
+                message["attachments"] = json!([]);
+                message["deleted"] = json!(true);
+                vec![push(members, frame("message.deleted", Some(seq), message))]
+            }
+            ConversationEvent::ReceiptsMoved {
+                user_id,
+                delivered_seq,
+                read_seq,
+                ..
+            } => {
+                let members = Self::members(transaction, conversation_id).await?;
+                let data = json!({"conversation_id": conversation_id, "user_id": user_id, "delivered_seq": delivered_seq, "read_seq": read_seq});
+                vec![push(members, frame("receipt.updated", None, data))]
+            }
+        };
+        Ok(pushes
+            .into_iter()
+            .filter(|push| !push.recipients.is_empty())
+            .collect())
+    }
+}
+
+fn system_message(
+    conversation_id: Uuid,
+    seq: i64,
+    actor: UserId,
+    system: Value,
+    at: chrono::DateTime<chrono::Utc>,
+) -> Value {
+    let id = system_message_id(ConversationId::from_uuid(conversation_id), seq);
+    json!({
+        "id": id, "conversation_id": conversation_id, "seq": seq, "sender_id": actor, "kind": "system",
+        "body": system["action"], "attachments": [], "reply_to_id": null, "created_at": rfc3339_string(&at),
+        "edited_at": null, "deleted": false, "status": null, "system": system,
+    })
+}
+
+/// The message as first sent (from its `MessageSent` event), in the REST shape.
+async fn original_message(
+    transaction: &mut Transaction<'_, Postgres>,
+    conversation_id: Uuid,
+    message_id: Uuid,
+) -> anyhow::Result<Value> {
+    let payload: sqlx::types::Json<ConversationEvent> = sqlx::query_scalar(
+        "SELECT e.payload::jsonb FROM message_index i
+           JOIN events e ON e.aggregate_type = 'conversation' AND e.aggregate_id = i.conversation_id::text
+                        AND e.sequence = i.event_sequence
+          WHERE i.message_id = $1 AND i.conversation_id = $2",
+    )
+    .bind(message_id)
+    .bind(conversation_id)
+    .fetch_one(&mut **transaction)
+    .await?;
+    let ConversationEvent::MessageSent {
+        seq,
+        sender_id,
+        body,
+        attachment_ids,
+        reply_to_id,
+        at,
+        ..
+    } = payload.0
+    else {
+        anyhow::bail!("message {message_id} is not indexed to a MessageSent event");
+    };
+    let kind = if body.is_none() && !attachment_ids.is_empty() {
+        "image"
+    } else {
+        "text"
+    };
+    Ok(json!({
+        "id": message_id, "conversation_id": conversation_id, "seq": seq, "sender_id": sender_id, "kind": kind,
+        "body": body.as_ref().map(|body| body.as_str()), "attachments": [], "reply_to_id": reply_to_id,
+        "created_at": rfc3339_string(&at), "edited_at": null, "deleted": false, "status": null,
+    }))
+}

@@ -67,6 +67,8 @@ pub struct App {
     pub redis: redis::aio::ConnectionManager,
     /// This node's WebSocket connections, shared by the endpoint and the push router.
     pub hub: Arc<socket_push::hub::Hub>,
+    /// This process's identity in the user map and its node queue.
+    pub node_id: uuid::Uuid,
 }
 
 impl App {
@@ -115,6 +117,7 @@ impl App {
             authenticator,
             redis,
             hub: Arc::new(socket_push::hub::Hub::default()),
+            node_id: uuid::Uuid::now_v7(),
         })
     }
 
@@ -145,6 +148,7 @@ impl App {
                 hub: self.hub.clone(),
                 redis: self.redis.clone(),
                 namespace: self.settings.namespace.clone(),
+                user_map: self.user_map(),
                 allowed_origins: Arc::new(
                     self.settings
                         .allowed_origins
@@ -188,6 +192,14 @@ impl App {
             .layer(axum::middleware::from_fn(web::middleware::metrics))
             .layer(axum::middleware::from_fn(web::middleware::request_id))
             .layer(DefaultBodyLimit::max(self.settings.max_json_bytes)))
+    }
+
+    fn user_map(&self) -> socket_push::user_map::UserMap {
+        socket_push::user_map::UserMap {
+            redis: self.redis.clone(),
+            namespace: self.settings.namespace.clone(),
+            node_id: self.node_id,
+        }
     }
 
     /// What the command side needs, shared by command routes and WebSocket command frames.
@@ -262,7 +274,19 @@ impl App {
                     self.pool.clone(),
                     CONVERSATION_SNAPSHOT_EVERY,
                 )),
+                user_map: self.user_map(),
+                amqp: Arc::new(bus::SharedConnection::new(
+                    &self.settings.amqp_url,
+                    "chatd-push",
+                )),
             };
+            loops.spawn(socket_push::node::run(
+                self.settings.amqp_url.clone(),
+                self.settings.namespace.clone(),
+                self.node_id,
+                self.hub.clone(),
+                shutdown.clone(),
+            ));
             let consumer = projector::Consumer::with_handler(
                 self.pool.clone(),
                 ProjectorOptions {

@@ -6,6 +6,8 @@
 //! - [`frames`]: the client frames and how each is carried out.
 //! - [`hub`]: this node's connections by user, with bounded outbound queues.
 //! - [`push`]: the push router: recipients of each event, their inboxes (cursors), delivery.
+//! - [`user_map`]: which node holds each user's connections (Redis, with TTLs).
+//! - [`node`]: this node's queue, through which routers on other nodes reach its connections.
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::extract::{FromRef, Query, State};
@@ -20,7 +22,9 @@ use web::{ApiError, Authenticator, Caller};
 
 pub mod frames;
 pub mod hub;
+pub mod node;
 pub mod push;
+pub mod user_map;
 
 use hub::{Cursor, Hub, Outbound};
 
@@ -37,6 +41,7 @@ pub struct PushState {
     /// For the inboxes (resume) the push router fills.
     pub redis: redis::aio::ConnectionManager,
     pub namespace: String,
+    pub user_map: user_map::UserMap,
     /// Browser origins allowed to connect; requests without `Origin` are always allowed.
     pub allowed_origins: Arc<Vec<String>>,
 }
@@ -114,6 +119,9 @@ async fn serve_connection(
         tracing::debug!(%error, %connection_id, "websocket closed");
     }
     state.hub.unregister(user_id, connection_id);
+    if let Err(error) = state.user_map.remove(user_id, connection_id).await {
+        tracing::warn!(%error, "could not remove a connection from the user map; it expires");
+    }
 }
 
 async fn send_text(socket: &mut WebSocket, text: &str) -> anyhow::Result<()> {
@@ -130,6 +138,10 @@ async fn run_connection(
 ) -> anyhow::Result<()> {
     let inbox = push::inbox_key(&state.namespace, caller.user_id);
     let mut redis = state.redis.clone();
+    state
+        .user_map
+        .touch(caller.user_id, registration.connection_id)
+        .await?;
     // Registered before the inbox is read, so nothing can fall between the two: frames that
     // arrive meanwhile wait in the queue and are dropped there if already sent.
     let newest: Vec<(String, Vec<(String, String)>)> = redis::cmd("XREVRANGE")
@@ -168,6 +180,7 @@ async fn run_connection(
         tokio::select! {
             _ = heartbeat.tick() => {
                 socket.send(Message::Ping(Vec::new().into())).await?;
+                state.user_map.touch(caller.user_id, registration.connection_id).await?;
             }
             () = registration.kicked.cancelled() => {
                 let close = CloseFrame { code: 4008, reason: "too slow: reconnect with your cursor".into() };

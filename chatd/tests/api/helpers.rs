@@ -21,6 +21,8 @@ pub struct TestApp {
     pub settings: Settings,
     pub shutdown: CancellationToken,
     pub server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    /// Whether dropping this app deletes its database and namespace (not for a second node).
+    pub owns_resources: bool,
 }
 
 /// A fresh database name and namespace.
@@ -77,7 +79,15 @@ pub async fn spawn_app_with(settings: Settings, roles: Roles) -> TestApp {
         settings,
         shutdown,
         server: Some(server),
+        owns_resources: true,
     }
+}
+
+/// Another node of the same deployment: same database, same namespace, its own listener.
+pub async fn spawn_node(app: &TestApp) -> TestApp {
+    let mut node = spawn_app_with(app.settings.clone(), Roles::ALL).await;
+    node.owns_resources = false;
+    node
 }
 
 fn init_tracing() {
@@ -246,6 +256,9 @@ impl Drop for TestApp {
         self.shutdown.cancel();
         if let Some(server) = self.server.take() {
             server.abort();
+        }
+        if !self.owns_resources {
+            return;
         }
         let settings = self.settings.clone();
         let _ = std::thread::spawn(move || {

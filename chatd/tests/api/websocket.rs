@@ -612,3 +612,60 @@ async fn reconnecting_with_a_cursor_delivers_exactly_the_missed_events_in_order(
         );
     }
 }
+
+#[tokio::test]
+async fn users_on_two_nodes_talk_and_every_device_hears_everything() {
+    let first = spawn_app().await;
+    let second = crate::helpers::spawn_node(&first).await;
+    let alice = first.register("alice").await;
+    let bob = first.register("bob").await;
+    // Alice on the first node; Bob with one device on each node.
+    let mut alice_socket = connect(&first, &alice.access_token).await;
+    let mut bob_first = connect(&first, &bob.access_token).await;
+    let mut bob_second = connect(&second, &bob.access_token).await;
+    for socket in [&mut alice_socket, &mut bob_first, &mut bob_second] {
+        ready(socket).await;
+    }
+    let conversation = json_body(
+        second
+            .post(
+                "/api/v1/conversations",
+                Some(&bob.access_token),
+                &json!({"type": "direct", "user_id": alice.id}),
+            )
+            .await,
+    )
+    .await;
+    let id = conversation["id"].clone();
+    for socket in [&mut alice_socket, &mut bob_first, &mut bob_second] {
+        assert_eq!(next_event(socket).await["event"], "conversation.created");
+    }
+    // Alice sends over her socket on node one, Bob answers over REST on node two.
+    for index in 1..=10 {
+        send_frame(&mut alice_socket, json!({"type": "message.send", "ref": index, "conversation_id": id, "client_message_id": format!("a{index}"), "body": format!("from alice {index}")})).await;
+    }
+    for index in 1..=10 {
+        let response = second
+            .post(
+                &format!(
+                    "/api/v1/conversations/{}/messages",
+                    id.as_str().unwrap_or_default()
+                ),
+                Some(&bob.access_token),
+                &json!({"body": format!("from bob {index}")}),
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+    }
+    // Every device sees all 20 messages, each conversation's in seq order, once.
+    for socket in [&mut bob_first, &mut bob_second, &mut alice_socket] {
+        let mut seqs = Vec::new();
+        while seqs.len() < 20 {
+            let event = next_event(socket).await;
+            if event["event"] == "message.created" {
+                seqs.push(event["seq"].as_i64().unwrap_or(0));
+            }
+        }
+        assert_eq!(seqs, (1..=20).collect::<Vec<i64>>());
+    }
+}

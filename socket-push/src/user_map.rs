@@ -1,0 +1,98 @@
+//! The user map in Redis: for each user, the live connections on every node. One sorted set
+//! per user, member `node_id|connection_id`, score = the entry's expiry (Unix ms). Heartbeats
+//! push the expiry forward; a node that dies stops doing so, and its entries stop counting
+//! when they expire (and are swept on the user's next connect). Every change is a single
+//! atomic command: no `KEYS`, no read-modify-write.
+
+use redis::aio::ConnectionManager;
+use std::collections::HashSet;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use uuid::Uuid;
+
+/// How long an entry counts without a heartbeat.
+pub const ENTRY_TTL: Duration = Duration::from_secs(60);
+
+#[derive(Clone)]
+pub struct UserMap {
+    pub redis: ConnectionManager,
+    pub namespace: String,
+    pub node_id: Uuid,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl UserMap {
+    fn key(&self, user_id: Uuid) -> String {
+        format!("{}:user:{user_id}", self.namespace)
+    }
+
+    fn member(&self, connection_id: Uuid) -> String {
+        format!("{}|{connection_id}", self.node_id)
+    }
+
+    /// Adds (or refreshes) a connection, and sweeps the user's expired entries.
+    pub async fn touch(&self, user_id: Uuid, connection_id: Uuid) -> redis::RedisResult<()> {
+        let key = self.key(user_id);
+        let now = now_ms();
+        let mut redis = self.redis.clone();
+        redis::pipe()
+            .cmd("ZADD")
+            .arg(&key)
+            .arg(now + ENTRY_TTL.as_millis() as u64)
+            .arg(self.member(connection_id))
+            .ignore()
+            .cmd("ZREMRANGEBYSCORE")
+            .arg(&key)
+            .arg("-inf")
+            .arg(now)
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(&key)
+            .arg(ENTRY_TTL.as_millis() as u64)
+            .ignore()
+            .query_async(&mut redis)
+            .await
+    }
+
+    pub async fn remove(&self, user_id: Uuid, connection_id: Uuid) -> redis::RedisResult<()> {
+        let mut redis = self.redis.clone();
+        redis::cmd("ZREM")
+            .arg(self.key(user_id))
+            .arg(self.member(connection_id))
+            .query_async(&mut redis)
+            .await
+    }
+
+    /// The nodes holding live connections of each user, in one round trip.
+    pub async fn nodes_of(&self, user_ids: &[Uuid]) -> redis::RedisResult<Vec<HashSet<Uuid>>> {
+        if user_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = now_ms();
+        let mut pipeline = redis::pipe();
+        for user_id in user_ids {
+            pipeline
+                .cmd("ZRANGEBYSCORE")
+                .arg(self.key(*user_id))
+                .arg(now)
+                .arg("+inf");
+        }
+        let mut redis = self.redis.clone();
+        let members: Vec<Vec<String>> = pipeline.query_async(&mut redis).await?;
+        Ok(members
+            .into_iter()
+            .map(|entries| {
+                entries
+                    .iter()
+                    .filter_map(|entry| entry.split_once('|'))
+                    .filter_map(|(node, _)| node.parse().ok())
+                    .collect()
+            })
+            .collect())
+    }
+}

@@ -280,6 +280,12 @@ impl App {
                     "chatd-push",
                 )),
             };
+            loops.spawn(socket_push::revocations::run(
+                self.settings.redis_url.clone(),
+                self.authenticator.revocations.channel(),
+                self.hub.clone(),
+                shutdown.clone(),
+            ));
             loops.spawn(socket_push::node::run(
                 self.settings.amqp_url.clone(),
                 self.settings.namespace.clone(),

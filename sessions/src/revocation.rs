@@ -61,6 +61,12 @@ impl Revocations {
         }
     }
 
+    /// The pub/sub channel on which every revocation is announced, so WebSocket nodes close
+    /// the revoked connections at once. Messages: `{"jti": ...}` or `{"sid": ...}`.
+    pub fn channel(&self) -> String {
+        format!("{}:revocations", self.namespace)
+    }
+
     fn loaded_key(&self) -> String {
         format!("{}:revoked:loaded", self.namespace)
     }
@@ -118,11 +124,18 @@ impl Revocations {
         .await?;
         let ttl = remaining(claims.expires_at());
         let mut redis = self.redis.clone();
-        let _: () = redis::cmd("SET")
+        let announcement = serde_json::json!({"jti": claims.jti}).to_string();
+        let _: () = redis::pipe()
+            .cmd("SET")
             .arg(self.token_key(claims.jti))
             .arg(1)
             .arg("EX")
             .arg(ttl)
+            .ignore()
+            .cmd("PUBLISH")
+            .arg(self.channel())
+            .arg(announcement)
+            .ignore()
             .query_async(&mut redis)
             .await?;
         Ok(())
@@ -146,6 +159,10 @@ impl Revocations {
                 .arg(1)
                 .arg("EX")
                 .arg(ttl)
+                .ignore()
+                .cmd("PUBLISH")
+                .arg(self.channel())
+                .arg(serde_json::json!({"sid": session_id}).to_string())
                 .ignore();
         }
         let mut redis = self.redis.clone();

@@ -3,6 +3,7 @@
 //! silently missing frames.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -38,18 +39,46 @@ pub struct Outbound {
     pub text: Arc<str>,
 }
 
+/// Close codes a connection can be kicked with.
+pub const TOO_SLOW: u16 = 4008;
+pub const REVOKED: u16 = 4001;
+
 struct Entry {
     connection_id: Uuid,
+    token_id: Uuid,
+    session_id: Uuid,
     sender: mpsc::Sender<Outbound>,
     kick: CancellationToken,
+    close_code: Arc<AtomicU16>,
+}
+
+impl Entry {
+    fn kick(&self, code: u16) {
+        // The first reason stands.
+        let _ = self
+            .close_code
+            .compare_exchange(0, code, Ordering::SeqCst, Ordering::SeqCst);
+        self.kick.cancel();
+    }
 }
 
 /// A registered connection's ends.
 pub struct Registration {
     pub connection_id: Uuid,
     pub outbound: mpsc::Receiver<Outbound>,
-    /// Cancelled when the connection must close with 4008 (it fell behind).
+    /// Cancelled when the connection must close: with 4008 (it fell behind) or 4001 (its
+    /// token was revoked), as `close_code` says.
     pub kicked: CancellationToken,
+    pub close_code: Arc<AtomicU16>,
+}
+
+impl Registration {
+    pub fn close_code(&self) -> u16 {
+        match self.close_code.load(Ordering::SeqCst) {
+            0 => TOO_SLOW,
+            code => code,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -58,14 +87,20 @@ pub struct Hub {
 }
 
 impl Hub {
-    pub fn register(&self, user_id: Uuid) -> Registration {
+    /// Registers a connection of `user_id` opened with the token `token_id` of session
+    /// `session_id` (so a revocation of either closes it).
+    pub fn register(&self, user_id: Uuid, token_id: Uuid, session_id: Uuid) -> Registration {
         let (sender, outbound) = mpsc::channel(OUTBOUND_QUEUE);
         let connection_id = Uuid::now_v7();
         let kicked = CancellationToken::new();
+        let close_code = Arc::new(AtomicU16::new(0));
         let entry = Entry {
             connection_id,
+            token_id,
+            session_id,
             sender,
             kick: kicked.clone(),
+            close_code: close_code.clone(),
         };
         if let Ok(mut connections) = self.connections.lock() {
             connections.entry(user_id).or_default().push(entry);
@@ -75,6 +110,7 @@ impl Hub {
             connection_id,
             outbound,
             kicked,
+            close_code,
         }
     }
 
@@ -98,7 +134,19 @@ impl Hub {
         };
         for entry in connections.get(&user_id).into_iter().flatten() {
             if entry.sender.try_send(frame.clone()).is_err() {
-                entry.kick.cancel();
+                entry.kick(TOO_SLOW);
+            }
+        }
+    }
+
+    /// Closes (4001) every connection opened with token `token_id` or in session `session_id`.
+    pub fn revoke(&self, token_id: Option<Uuid>, session_id: Option<Uuid>) {
+        let Ok(connections) = self.connections.lock() else {
+            return;
+        };
+        for entry in connections.values().flatten() {
+            if Some(entry.token_id) == token_id || Some(entry.session_id) == session_id {
+                entry.kick(REVOKED);
             }
         }
     }

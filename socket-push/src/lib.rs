@@ -7,6 +7,7 @@
 //! - [`hub`]: this node's connections by user, with bounded outbound queues.
 //! - [`push`]: the push router: recipients of each event, their inboxes (cursors), delivery.
 //! - [`user_map`]: which node holds each user's connections (Redis, with TTLs).
+//! - [`revocations`]: closes revoked connections (4001) as revocations are announced.
 //! - [`node`]: this node's queue, through which routers on other nodes reach its connections.
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
@@ -24,6 +25,7 @@ pub mod frames;
 pub mod hub;
 pub mod node;
 pub mod push;
+pub mod revocations;
 pub mod user_map;
 
 use hub::{Cursor, Hub, Outbound};
@@ -113,7 +115,9 @@ async fn serve_connection(
     resume_from: Option<String>,
 ) {
     let user_id = caller.user_id;
-    let registration = state.hub.register(user_id);
+    let registration = state
+        .hub
+        .register(user_id, caller.claims.jti, caller.claims.sid);
     let connection_id = registration.connection_id;
     if let Err(error) = run_connection(socket, &caller, &state, registration, resume_from).await {
         tracing::debug!(%error, %connection_id, "websocket closed");
@@ -179,12 +183,19 @@ async fn run_connection(
     loop {
         tokio::select! {
             _ = heartbeat.tick() => {
+                // A revocation announced while this node was not listening is caught here.
+                if let Err(sessions::RevocationError::Revoked) = state.authenticator.revocations.check(&caller.claims).await {
+                    let close = CloseFrame { code: hub::REVOKED, reason: "token revoked".into() };
+                    let _ = socket.send(Message::Close(Some(close))).await;
+                    return Ok(());
+                }
                 socket.send(Message::Ping(Vec::new().into())).await?;
                 state.user_map.touch(caller.user_id, registration.connection_id).await?;
             }
             () = registration.kicked.cancelled() => {
-                let close = CloseFrame { code: 4008, reason: "too slow: reconnect with your cursor".into() };
-                let _ = socket.send(Message::Close(Some(close))).await;
+                let code = registration.close_code();
+                let reason = if code == hub::REVOKED { "token revoked" } else { "too slow: reconnect with your cursor" };
+                let _ = socket.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
                 return Ok(());
             }
             outbound = registration.outbound.recv() => {

@@ -669,3 +669,64 @@ async fn users_on_two_nodes_talk_and_every_device_hears_everything() {
         assert_eq!(seqs, (1..=20).collect::<Vec<i64>>());
     }
 }
+
+/// Waits for the socket to close and returns the close code.
+async fn close_code(socket: &mut Socket, within: Duration) -> Option<u16> {
+    tokio::time::timeout(within, async {
+        loop {
+            match socket.next().await {
+                Some(Ok(Message::Close(frame))) => return frame.map(|frame| u16::from(frame.code)),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return None,
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the socket stayed open"))
+}
+
+#[tokio::test]
+async fn logout_closes_the_sockets_of_that_token_on_every_node_with_4001() {
+    let first = spawn_app().await;
+    let second = crate::helpers::spawn_node(&first).await;
+    let bob = first.register("bob").await;
+    let other_session = crate::helpers::session_user(
+        first.login(&bob.username, crate::helpers::PASSWORD).await,
+        &bob.username,
+        &bob.email,
+    )
+    .await;
+    let mut on_first = connect(&first, &bob.access_token).await;
+    let mut on_second = connect(&second, &bob.access_token).await;
+    let mut other_device = connect(&second, &other_session.access_token).await;
+    for socket in [&mut on_first, &mut on_second, &mut other_device] {
+        ready(socket).await;
+    }
+    let logout = first
+        .post("/api/v1/auth/logout", Some(&bob.access_token), &json!({}))
+        .await;
+    assert_eq!(logout.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        close_code(&mut on_first, Duration::from_secs(1)).await,
+        Some(4001)
+    );
+    assert_eq!(
+        close_code(&mut on_second, Duration::from_secs(1)).await,
+        Some(4001)
+    );
+    // The other session's socket stays open until every device is logged out.
+    send_frame(&mut other_device, json!({"type": "ping", "ref": "still"})).await;
+    assert_eq!(next_reply(&mut other_device).await["type"], "pong");
+    let all = second
+        .post(
+            "/api/v1/auth/logout",
+            Some(&other_session.access_token),
+            &json!({"all_devices": true}),
+        )
+        .await;
+    assert_eq!(all.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        close_code(&mut other_device, Duration::from_secs(1)).await,
+        Some(4001)
+    );
+}

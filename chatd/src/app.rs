@@ -69,6 +69,8 @@ pub struct App {
     pub hub: Arc<socket_push::hub::Hub>,
     /// This process's identity in the user map and its node queue.
     pub node_id: uuid::Uuid,
+    /// The AMQP link socket-push publishes to other nodes on.
+    pub push_link: Arc<bus::SharedConnection>,
 }
 
 impl App {
@@ -97,6 +99,7 @@ impl App {
         let _ = amqp.close(200, "startup check done".into()).await;
 
         let secret = jwt_secret(&settings, &pool, migrate).await?;
+        let settings_amqp_url = settings.amqp_url.clone();
         let lifetime = Duration::from_secs(settings.access_token_ttl_secs);
         let tokens = Tokens::new(
             &secret,
@@ -118,6 +121,7 @@ impl App {
             redis,
             hub: Arc::new(socket_push::hub::Hub::default()),
             node_id: uuid::Uuid::now_v7(),
+            push_link: Arc::new(bus::SharedConnection::new(&settings_amqp_url, "chatd-push")),
         })
     }
 
@@ -148,7 +152,7 @@ impl App {
                 hub: self.hub.clone(),
                 redis: self.redis.clone(),
                 namespace: self.settings.namespace.clone(),
-                user_map: self.user_map(),
+                delivery: self.delivery(),
                 allowed_origins: Arc::new(
                     self.settings
                         .allowed_origins
@@ -192,6 +196,15 @@ impl App {
             .layer(axum::middleware::from_fn(web::middleware::metrics))
             .layer(axum::middleware::from_fn(web::middleware::request_id))
             .layer(DefaultBodyLimit::max(self.settings.max_json_bytes)))
+    }
+
+    fn delivery(&self) -> socket_push::delivery::Delivery {
+        socket_push::delivery::Delivery {
+            hub: self.hub.clone(),
+            user_map: self.user_map(),
+            amqp: self.push_link.clone(),
+            namespace: self.settings.namespace.clone(),
+        }
     }
 
     fn user_map(&self) -> socket_push::user_map::UserMap {
@@ -269,16 +282,11 @@ impl App {
             let router = socket_push::push::PushRouter {
                 redis: self.redis.clone(),
                 namespace: self.settings.namespace.clone(),
-                hub: self.hub.clone(),
                 conversations: Arc::new(AggregateStore::<Conversation>::with_snapshots(
                     self.pool.clone(),
                     CONVERSATION_SNAPSHOT_EVERY,
                 )),
-                user_map: self.user_map(),
-                amqp: Arc::new(bus::SharedConnection::new(
-                    &self.settings.amqp_url,
-                    "chatd-push",
-                )),
+                delivery: self.delivery(),
             };
             loops.spawn(socket_push::revocations::run(
                 self.settings.redis_url.clone(),

@@ -15,14 +15,14 @@ use std::time::Duration;
 pub use revocation::{RevocationError, Revocations};
 pub use tokens::{AccessClaims, IssuedToken, JwtSecret, TokenError, Tokens};
 
-/// A Redis connection that reconnects by itself and answers within a second or fails, so a
+/// A Redis connection that reconnects by itself and answers within two seconds or fails, so a
 /// dead Redis turns into a quick 503 rather than a hung request.
 pub async fn redis_connect(redis_url: &str) -> anyhow::Result<ConnectionManager> {
     let client = redis::Client::open(redis_url)
         .with_context(|| format!("REDIS_URL is not a valid Redis URL: {redis_url}"))?;
     let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(1)))
-        .set_response_timeout(Some(Duration::from_secs(1)))
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(Duration::from_secs(2)))
         .set_number_of_retries(1)
         .set_max_delay(Duration::from_millis(500));
     let connecting = client.get_connection_manager_with_config(config);

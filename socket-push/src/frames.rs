@@ -2,7 +2,8 @@
 //! in `command-api`), and is answered with `ack` (the REST representation) or `error` (the
 //! problem's `code` and `detail`), carrying the client's `ref`.
 
-use command_api::CommandState;
+use crate::PushState;
+use crate::delivery::Addressed;
 use command_api::conversations::{ReceiptsRequest, SendMessageRequest};
 use domain::ConversationId;
 use serde::Deserialize;
@@ -29,6 +30,12 @@ pub enum ClientFrame {
         attachment_ids: Vec<Uuid>,
         reply_to_id: Option<Uuid>,
     },
+    #[serde(rename = "typing")]
+    Typing {
+        #[serde(rename = "ref")]
+        reference: Option<Value>,
+        conversation_id: Uuid,
+    },
     #[serde(rename = "receipt")]
     Receipt {
         #[serde(rename = "ref")]
@@ -52,7 +59,8 @@ fn problem(reference: Value, error: &ApiError) -> Value {
 }
 
 /// Carries out one text frame and returns the reply to send, if any.
-pub async fn handle(commands: &CommandState, caller: &Caller, text: &str) -> Option<Value> {
+pub async fn handle(state: &PushState, caller: &Caller, text: &str) -> Option<Value> {
+    let commands = &state.commands;
     let raw: Value = match serde_json::from_str(text) {
         Ok(raw) => raw,
         Err(_) => {
@@ -106,6 +114,13 @@ pub async fn handle(commands: &CommandState, caller: &Caller, text: &str) -> Opt
                 Err(failure) => Some(problem(reference, &failure)),
             }
         }
+        ClientFrame::Typing {
+            reference,
+            conversation_id,
+        } => match relay_typing(state, caller.user_id, conversation_id).await {
+            Ok(()) => None,
+            Err(failure) => Some(problem(reference.unwrap_or(Value::Null), &failure)),
+        },
         ClientFrame::Receipt {
             reference,
             conversation_id,
@@ -135,4 +150,56 @@ pub async fn handle(commands: &CommandState, caller: &Caller, text: &str) -> Opt
             }
         }
     }
+}
+
+/// Typing never touches the event log: it goes straight to the other members' connections,
+/// at most once a second per user and conversation (more are dropped quietly).
+async fn relay_typing(
+    state: &PushState,
+    user_id: Uuid,
+    conversation_id: Uuid,
+) -> Result<(), ApiError> {
+    let members: Vec<Uuid> =
+        sqlx::query_scalar("SELECT user_id FROM push_members WHERE conversation_id = $1")
+            .bind(conversation_id)
+            .fetch_all(&state.commands.pool)
+            .await?;
+    if !members.contains(&user_id) {
+        return Err(ApiError::not_found(
+            "conversation_not_found",
+            "no such conversation",
+        ));
+    }
+    let mut redis = state.redis.clone();
+    let admitted: Option<String> = redis::cmd("SET")
+        .arg(format!(
+            "{}:typing:{user_id}:{conversation_id}",
+            state.namespace
+        ))
+        .arg(1)
+        .arg("PX")
+        .arg(1000)
+        .arg("NX")
+        .query_async(&mut redis)
+        .await
+        .map_err(ApiError::unavailable)?;
+    if admitted.is_none() {
+        return Ok(());
+    }
+    let text = json!({"type": "typing", "conversation_id": conversation_id, "user_id": user_id})
+        .to_string();
+    let frames = members
+        .into_iter()
+        .filter(|member| *member != user_id)
+        .map(|member| Addressed {
+            user_id: member,
+            cursor: None,
+            text: text.clone(),
+        })
+        .collect();
+    state
+        .delivery
+        .deliver(frames)
+        .await
+        .map_err(ApiError::unavailable)
 }

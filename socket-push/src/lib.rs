@@ -4,7 +4,9 @@
 //! through the same code as their REST twins, answering each with `ack` or `error`.
 //!
 //! - [`frames`]: the client frames and how each is carried out.
+//! - [`delivery`]: frames to users on this node or any other.
 //! - [`hub`]: this node's connections by user, with bounded outbound queues.
+//! - [`presence`]: online/offline announcements to the users who share a conversation.
 //! - [`push`]: the push router: recipients of each event, their inboxes (cursors), delivery.
 //! - [`user_map`]: which node holds each user's connections (Redis, with TTLs).
 //! - [`revocations`]: closes revoked connections (4001) as revocations are announced.
@@ -21,9 +23,11 @@ use std::sync::Arc;
 use std::time::Duration;
 use web::{ApiError, Authenticator, Caller};
 
+pub mod delivery;
 pub mod frames;
 pub mod hub;
 pub mod node;
+pub mod presence;
 pub mod push;
 pub mod revocations;
 pub mod user_map;
@@ -43,7 +47,8 @@ pub struct PushState {
     /// For the inboxes (resume) the push router fills.
     pub redis: redis::aio::ConnectionManager,
     pub namespace: String,
-    pub user_map: user_map::UserMap,
+    /// Frames to users on any node (typing, presence); holds the user map.
+    pub delivery: delivery::Delivery,
     /// Browser origins allowed to connect; requests without `Origin` are always allowed.
     pub allowed_origins: Arc<Vec<String>>,
 }
@@ -123,8 +128,11 @@ async fn serve_connection(
         tracing::debug!(%error, %connection_id, "websocket closed");
     }
     state.hub.unregister(user_id, connection_id);
-    if let Err(error) = state.user_map.remove(user_id, connection_id).await {
+    if let Err(error) = state.delivery.user_map.remove(user_id, connection_id).await {
         tracing::warn!(%error, "could not remove a connection from the user map; it expires");
+    }
+    if let Err(error) = presence::went_offline(&state, user_id).await {
+        tracing::warn!(error = %format!("{error:#}"), "could not announce presence");
     }
 }
 
@@ -143,9 +151,11 @@ async fn run_connection(
     let inbox = push::inbox_key(&state.namespace, caller.user_id);
     let mut redis = state.redis.clone();
     state
+        .delivery
         .user_map
         .touch(caller.user_id, registration.connection_id)
         .await?;
+    presence::came_online(state, caller.user_id).await?;
     // Registered before the inbox is read, so nothing can fall between the two: frames that
     // arrive meanwhile wait in the queue and are dropped there if already sent.
     let newest: Vec<(String, Vec<(String, String)>)> = redis::cmd("XREVRANGE")
@@ -190,7 +200,7 @@ async fn run_connection(
                     return Ok(());
                 }
                 socket.send(Message::Ping(Vec::new().into())).await?;
-                state.user_map.touch(caller.user_id, registration.connection_id).await?;
+                state.delivery.user_map.touch(caller.user_id, registration.connection_id).await?;
             }
             () = registration.kicked.cancelled() => {
                 let code = registration.close_code();
@@ -221,7 +231,7 @@ async fn run_connection(
                     None => return Ok(()),
                 };
                 let reply = match frame {
-                    Message::Text(text) => frames::handle(&state.commands, caller, &text).await,
+                    Message::Text(text) => frames::handle(state, caller, &text).await,
                     Message::Binary(_) => Some(frames::error(Value::Null, "unsupported_frame", "frames are JSON text")),
                     Message::Close(_) => return Ok(()),
                     _ => None,

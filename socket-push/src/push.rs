@@ -16,10 +16,7 @@ use store::AggregateStore;
 use uuid::Uuid;
 use web::dto::{Message, rfc3339_string};
 
-use crate::hub::{Cursor, Hub, Outbound};
-use crate::node::{NodeBatch, NodeFrame, queue_name};
-use crate::user_map::UserMap;
-use std::collections::HashMap;
+use crate::delivery::{Addressed, Delivery};
 
 /// How many events a user's inbox keeps for resuming (approximately; Redis trims lazily).
 pub const INBOX_LENGTH: usize = 10_000;
@@ -36,11 +33,8 @@ pub struct Push {
 pub struct PushRouter {
     pub redis: ConnectionManager,
     pub namespace: String,
-    pub hub: Arc<Hub>,
     pub conversations: Arc<AggregateStore<Conversation>>,
-    pub user_map: UserMap,
-    /// Publishes frames to other nodes' queues (with confirms).
-    pub amqp: Arc<bus::SharedConnection>,
+    pub delivery: Delivery,
 }
 
 pub fn inbox_key(namespace: &str, user_id: Uuid) -> String {
@@ -108,66 +102,19 @@ impl projector::Handler for PushRouter {
         }
         let mut redis = self.redis.clone();
         let ids: Vec<String> = pipeline.query_async(&mut redis).await?;
-        // Who is connected where: one pipeline for every distinct recipient.
-        let mut recipients: Vec<Uuid> = frames.iter().map(|(recipient, _)| *recipient).collect();
-        recipients.sort();
-        recipients.dedup();
-        let nodes = self.user_map.nodes_of(&recipients).await?;
-        let nodes: HashMap<Uuid, _> = recipients.into_iter().zip(nodes).collect();
-        let mut remote: HashMap<Uuid, Vec<NodeFrame>> = HashMap::new();
-        for ((recipient, mut frame), id) in frames.into_iter().zip(ids) {
-            frame["cursor"] = json!(id);
-            let text = frame.to_string();
-            for node in nodes.get(&recipient).into_iter().flatten() {
-                if *node != self.user_map.node_id {
-                    remote.entry(*node).or_default().push(NodeFrame {
-                        user_id: recipient,
-                        cursor: Some(id.clone()),
-                        text: text.clone(),
-                    });
+        let addressed = frames
+            .into_iter()
+            .zip(ids)
+            .map(|((user_id, mut frame), id)| {
+                frame["cursor"] = json!(id);
+                Addressed {
+                    user_id,
+                    cursor: Some(id),
+                    text: frame.to_string(),
                 }
-            }
-            let outbound = Outbound {
-                cursor: Cursor::parse(&id),
-                text: Arc::from(text),
-            };
-            self.hub.deliver(recipient, &outbound);
-        }
-        self.forward(remote).await
-    }
-}
-
-impl PushRouter {
-    /// Hands frames to the nodes holding the recipients' other connections, one message per
-    /// node, and waits for the broker to take them. A node whose queue is gone has died; its
-    /// clients resume from their cursors.
-    async fn forward(&self, remote: HashMap<Uuid, Vec<NodeFrame>>) -> anyhow::Result<()> {
-        if remote.is_empty() {
-            return Ok(());
-        }
-        let channel = self.amqp.channel().await?;
-        channel
-            .confirm_select(lapin::options::ConfirmSelectOptions::default())
-            .await?;
-        let mut confirms = Vec::with_capacity(remote.len());
-        for (node, frames) in remote {
-            let body = serde_json::to_vec(&NodeBatch { frames })?;
-            let confirm = channel
-                .basic_publish(
-                    "".into(),
-                    queue_name(&self.namespace, node).into(),
-                    lapin::options::BasicPublishOptions::default(),
-                    &body,
-                    lapin::BasicProperties::default(),
-                )
-                .await?;
-            confirms.push(confirm);
-        }
-        for confirm in confirms {
-            confirm.await?;
-        }
-        let _ = channel.close(200, "forwarded".into()).await;
-        Ok(())
+            })
+            .collect();
+        self.delivery.deliver(addressed).await
     }
 }
 

@@ -68,6 +68,17 @@ impl UserMap {
             .await
     }
 
+    /// How many live connections the user has on all nodes.
+    pub async fn live_connections(&self, user_id: Uuid) -> redis::RedisResult<u64> {
+        let mut redis = self.redis.clone();
+        redis::cmd("ZCOUNT")
+            .arg(self.key(user_id))
+            .arg(now_ms())
+            .arg("+inf")
+            .query_async(&mut redis)
+            .await
+    }
+
     /// The nodes holding live connections of each user, in one round trip.
     pub async fn nodes_of(&self, user_ids: &[Uuid]) -> redis::RedisResult<Vec<HashSet<Uuid>>> {
         if user_ids.is_empty() {

@@ -730,3 +730,108 @@ async fn logout_closes_the_sockets_of_that_token_on_every_node_with_4001() {
         Some(4001)
     );
 }
+
+/// The next frame of `kind`, skipping others, within 5 s.
+async fn next_of_type(socket: &mut Socket, kind: &str) -> Value {
+    loop {
+        let frame = next_frame(socket).await;
+        if frame["type"] == kind {
+            return frame;
+        }
+    }
+}
+
+#[tokio::test]
+async fn typing_is_relayed_never_stored_and_presence_follows_connections() {
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let outsider = app.register("outsider").await;
+    let mut bob_socket = connect(&app, &bob.access_token).await;
+    ready(&mut bob_socket).await;
+    let conversation = json_body(
+        app.post(
+            "/api/v1/conversations",
+            Some(&bob.access_token),
+            &json!({"type": "direct", "user_id": alice.id}),
+        )
+        .await,
+    )
+    .await;
+    let id = conversation["id"].clone();
+    assert_eq!(
+        next_event(&mut bob_socket).await["event"],
+        "conversation.created"
+    );
+
+    // Alice comes online: Bob, who shares a conversation with her, is told.
+    let mut alice_socket = connect(&app, &alice.access_token).await;
+    ready(&mut alice_socket).await;
+    let online = next_of_type(&mut bob_socket, "presence").await;
+    assert_eq!(
+        (online["user_id"].as_str(), online["online"].as_bool()),
+        (Some(alice.id.to_string().as_str()), Some(true))
+    );
+
+    let events_before = app.event_count().await;
+    send_frame(
+        &mut alice_socket,
+        json!({"type": "typing", "conversation_id": id}),
+    )
+    .await;
+    let typing = next_of_type(&mut bob_socket, "typing").await;
+    assert_eq!(
+        typing,
+        json!({"type": "typing", "conversation_id": id, "user_id": alice.id})
+    );
+    assert_eq!(
+        app.event_count().await,
+        events_before,
+        "typing is never stored"
+    );
+    // A second one within the second is dropped; a ping shows nothing else came.
+    send_frame(
+        &mut alice_socket,
+        json!({"type": "typing", "conversation_id": id}),
+    )
+    .await;
+    send_frame(&mut alice_socket, json!({"type": "message.send", "ref": "after", "conversation_id": id, "client_message_id": "t1", "body": "hi"})).await;
+    loop {
+        let frame = next_frame(&mut bob_socket).await;
+        assert_ne!(
+            frame["type"], "typing",
+            "a second typing within a second was relayed"
+        );
+        if frame["type"] == "event" && frame["event"] == "message.created" {
+            break;
+        }
+    }
+    // Outsiders cannot type into it.
+    let mut intruder = connect(&app, &outsider.access_token).await;
+    ready(&mut intruder).await;
+    send_frame(
+        &mut intruder,
+        json!({"type": "typing", "ref": "t", "conversation_id": id}),
+    )
+    .await;
+    assert_eq!(
+        next_reply(&mut intruder).await["code"],
+        "conversation_not_found"
+    );
+
+    // Alice's last connection closes: Bob sees her offline, with a last-seen time.
+    alice_socket
+        .close(None)
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    let offline = next_of_type(&mut bob_socket, "presence").await;
+    assert_eq!(
+        (offline["user_id"].as_str(), offline["online"].as_bool()),
+        (Some(alice.id.to_string().as_str()), Some(false))
+    );
+    assert!(
+        offline["last_seen_at"]
+            .as_str()
+            .is_some_and(|time| time.ends_with('Z'))
+    );
+}

@@ -1,0 +1,86 @@
+//! Getting frames to users wherever they are connected: this node's connections directly,
+//! other nodes' through their queues (found in the user map).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use uuid::Uuid;
+
+use crate::hub::{Cursor, Hub, Outbound};
+use crate::node::{NodeBatch, NodeFrame, queue_name};
+use crate::user_map::UserMap;
+
+#[derive(Clone)]
+pub struct Delivery {
+    pub hub: Arc<Hub>,
+    pub user_map: UserMap,
+    /// Publishes frames to other nodes' queues (with confirms).
+    pub amqp: Arc<bus::SharedConnection>,
+    pub namespace: String,
+}
+
+/// One frame for one user; `cursor` is set on `event` frames.
+pub struct Addressed {
+    pub user_id: Uuid,
+    pub cursor: Option<String>,
+    pub text: String,
+}
+
+impl Delivery {
+    /// Delivers every frame, in order per user: locally at once, and one message per other
+    /// node holding a recipient, confirmed by the broker. A node whose queue is gone has died;
+    /// its clients resume from their cursors.
+    pub async fn deliver(&self, frames: Vec<Addressed>) -> anyhow::Result<()> {
+        let mut recipients: Vec<Uuid> = frames.iter().map(|frame| frame.user_id).collect();
+        recipients.sort();
+        recipients.dedup();
+        let nodes = self.user_map.nodes_of(&recipients).await?;
+        let nodes: HashMap<Uuid, _> = recipients.into_iter().zip(nodes).collect();
+        let mut remote: HashMap<Uuid, Vec<NodeFrame>> = HashMap::new();
+        for frame in frames {
+            for node in nodes.get(&frame.user_id).into_iter().flatten() {
+                if *node != self.user_map.node_id {
+                    remote.entry(*node).or_default().push(NodeFrame {
+                        user_id: frame.user_id,
+                        cursor: frame.cursor.clone(),
+                        text: frame.text.clone(),
+                    });
+                }
+            }
+            let outbound = Outbound {
+                cursor: frame.cursor.as_deref().and_then(Cursor::parse),
+                text: Arc::from(frame.text),
+            };
+            self.hub.deliver(frame.user_id, &outbound);
+        }
+        self.forward(remote).await
+    }
+
+    async fn forward(&self, remote: HashMap<Uuid, Vec<NodeFrame>>) -> anyhow::Result<()> {
+        if remote.is_empty() {
+            return Ok(());
+        }
+        let channel = self.amqp.channel().await?;
+        channel
+            .confirm_select(lapin::options::ConfirmSelectOptions::default())
+            .await?;
+        let mut confirms = Vec::with_capacity(remote.len());
+        for (node, frames) in remote {
+            let body = serde_json::to_vec(&NodeBatch { frames })?;
+            let confirm = channel
+                .basic_publish(
+                    "".into(),
+                    queue_name(&self.namespace, node).into(),
+                    lapin::options::BasicPublishOptions::default(),
+                    &body,
+                    lapin::BasicProperties::default(),
+                )
+                .await?;
+            confirms.push(confirm);
+        }
+        for confirm in confirms {
+            confirm.await?;
+        }
+        let _ = channel.close(200, "forwarded".into()).await;
+        Ok(())
+    }
+}

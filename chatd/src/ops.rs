@@ -66,8 +66,14 @@ pub fn router(state: OpsState, openapi: utoipa::openapi::OpenApi) -> axum::Route
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
+        .route("/api/v1/asyncapi.json", get(asyncapi))
         .with_state(state)
         .merge(SwaggerUi::new("/docs").url("/api/v1/openapi.json", openapi))
+}
+
+/// GET /api/v1/asyncapi.json: the WebSocket protocol.
+async fn asyncapi() -> impl IntoResponse {
+    axum::Json(socket_push::asyncapi::document())
 }
 
 /// GET /healthz

@@ -4,6 +4,7 @@
 //! through the same code as their REST twins, answering each with `ack` or `error`.
 //!
 //! - [`frames`]: the client frames and how each is carried out.
+//! - [`asyncapi`]: the protocol's AsyncAPI 3 document.
 //! - [`delivery`]: frames to users on this node or any other.
 //! - [`hub`]: this node's connections by user, with bounded outbound queues.
 //! - [`presence`]: online/offline announcements to the users who share a conversation.
@@ -23,6 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use web::{ApiError, Authenticator, Caller};
 
+pub mod asyncapi;
 pub mod delivery;
 pub mod frames;
 pub mod hub;

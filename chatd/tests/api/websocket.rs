@@ -835,3 +835,71 @@ async fn typing_is_relayed_never_stored_and_presence_follows_connections() {
             .is_some_and(|time| time.ends_with('Z'))
     );
 }
+
+/// The quoted names that follow `marker` in `source` (whitespace allowed in between).
+fn names_after(source: &str, marker: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    for (index, _) in source.match_indices(marker) {
+        let rest = source[index + marker.len()..].trim_start();
+        if let Some(rest) = rest.strip_prefix('"')
+            && let Some(end) = rest.find('"')
+        {
+            names.push(rest[..end].to_owned());
+        }
+    }
+    names
+}
+
+#[tokio::test]
+async fn the_asyncapi_document_covers_every_frame_the_code_sends_or_accepts() {
+    let app = spawn_app().await;
+    let document = json_body(app.get("/api/v1/asyncapi.json", None, None).await).await;
+    assert_eq!(document["asyncapi"], "3.0.0");
+    let messages = document["components"]["messages"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    let documented =
+        |direction: &str, kind: &str| messages.contains_key(&format!("{direction}.{kind}"));
+    let source_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../socket-push/src");
+    let mut sent = std::collections::BTreeSet::new();
+    let mut events = std::collections::BTreeSet::new();
+    for entry in std::fs::read_dir(source_dir).unwrap_or_else(|error| panic!("{error}")) {
+        let path = entry.unwrap_or_else(|error| panic!("{error}")).path();
+        if path.file_name().is_some_and(|name| name == "asyncapi.rs") {
+            continue;
+        }
+        let source = std::fs::read_to_string(&path).unwrap_or_default();
+        sent.extend(names_after(&source, "\"type\":"));
+        events.extend(names_after(&source, "frame("));
+    }
+    assert!(sent.len() >= 8, "found {sent:?}");
+    for kind in &sent {
+        assert!(
+            documented("server", kind),
+            "the server sends `{kind}` frames the document does not describe"
+        );
+    }
+    let frames_source =
+        std::fs::read_to_string(format!("{source_dir}/frames.rs")).unwrap_or_default();
+    let accepted: Vec<String> = names_after(&frames_source, "#[serde(rename =")
+        .into_iter()
+        .filter(|name| name != "ref")
+        .collect();
+    assert!(accepted.len() >= 4, "found {accepted:?}");
+    for kind in &accepted {
+        assert!(
+            documented("client", kind),
+            "the server accepts `{kind}` frames the document does not describe"
+        );
+    }
+    let event_enum = document["components"]["messages"]["server.event"]["payload"]["properties"]["event"]["enum"].clone();
+    let documented_events: Vec<String> = serde_json::from_value(event_enum).unwrap_or_default();
+    assert!(events.len() >= 8, "found {events:?}");
+    for event in &events {
+        assert!(
+            documented_events.contains(event),
+            "the server pushes `{event}` events the document does not list"
+        );
+    }
+}

@@ -100,6 +100,7 @@ impl App {
 
         let secret = jwt_secret(&settings, &pool, migrate).await?;
         let settings_amqp_url = settings.amqp_url.clone();
+        let ws_outbound_queue = settings.ws_outbound_queue;
         let lifetime = Duration::from_secs(settings.access_token_ttl_secs);
         let tokens = Tokens::new(
             &secret,
@@ -119,7 +120,9 @@ impl App {
             pool,
             authenticator,
             redis,
-            hub: Arc::new(socket_push::hub::Hub::default()),
+            hub: Arc::new(socket_push::hub::Hub::with_queue_capacity(
+                ws_outbound_queue,
+            )),
             node_id: uuid::Uuid::now_v7(),
             push_link: Arc::new(bus::SharedConnection::new(&settings_amqp_url, "chatd-push")),
         })

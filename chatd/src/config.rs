@@ -95,6 +95,10 @@ pub struct Settings {
     /// Messages one user may send per 10 seconds (REST and WebSocket together) before 429.
     #[arg(long, env = "CHAT_SENDS_PER_10_SECONDS", default_value_t = 60)]
     pub sends_per_10_seconds: u32,
+    /// Frames a WebSocket connection may have waiting; a connection that falls further behind
+    /// is closed with 4008 and resumes from its cursor.
+    #[arg(long, env = "CHAT_WS_OUTBOUND_QUEUE", default_value_t = 1024)]
+    pub ws_outbound_queue: usize,
     /// Largest JSON request body in bytes.
     #[arg(long, env = "CHAT_MAX_JSON_BYTES", default_value_t = 64 * 1024)]
     pub max_json_bytes: usize,

@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-/// Frames a connection may have waiting before it counts as too slow.
+/// Frames a connection may have waiting before it counts as too slow (by default).
 pub const OUTBOUND_QUEUE: usize = 1024;
 
 /// A per-user inbox position (a Redis stream id, `ms-seq`), ordered as the stream orders it.
@@ -81,16 +81,29 @@ impl Registration {
     }
 }
 
-#[derive(Default)]
 pub struct Hub {
     connections: Mutex<HashMap<Uuid, Vec<Entry>>>,
+    queue_capacity: usize,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Self::with_queue_capacity(OUTBOUND_QUEUE)
+    }
 }
 
 impl Hub {
+    pub fn with_queue_capacity(queue_capacity: usize) -> Self {
+        Self {
+            connections: Mutex::new(HashMap::new()),
+            queue_capacity: queue_capacity.max(1),
+        }
+    }
+
     /// Registers a connection of `user_id` opened with the token `token_id` of session
     /// `session_id` (so a revocation of either closes it).
     pub fn register(&self, user_id: Uuid, token_id: Uuid, session_id: Uuid) -> Registration {
-        let (sender, outbound) = mpsc::channel(OUTBOUND_QUEUE);
+        let (sender, outbound) = mpsc::channel(self.queue_capacity);
         let connection_id = Uuid::now_v7();
         let kicked = CancellationToken::new();
         let close_code = Arc::new(AtomicU16::new(0));

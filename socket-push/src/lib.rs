@@ -39,6 +39,8 @@ use hub::{Cursor, Hub, Outbound};
 /// Frames above this close the socket with 1009.
 pub const MAX_FRAME_BYTES: usize = 64 * 1024;
 pub const HEARTBEAT: Duration = Duration::from_secs(25);
+/// How long a kicked connection's close frame may wait behind buffered frames.
+pub const CLOSE_GRACE: Duration = Duration::from_secs(30);
 
 #[derive(Clone)]
 pub struct PushState {
@@ -194,6 +196,17 @@ async fn run_connection(
     heartbeat.tick().await;
     loop {
         tokio::select! {
+            // A kick wins over everything else that is ready.
+            biased;
+            () = registration.kicked.cancelled() => {
+                let code = registration.close_code();
+                let reason = if code == hub::REVOKED { "token revoked" } else { "too slow: reconnect with your cursor" };
+                // The close goes out after whatever is still buffered; a client that never
+                // reads again is dropped after the grace period.
+                let close = socket.send(Message::Close(Some(CloseFrame { code, reason: reason.into() })));
+                let _ = tokio::time::timeout(CLOSE_GRACE, close).await;
+                return Ok(());
+            }
             _ = heartbeat.tick() => {
                 // A revocation announced while this node was not listening is caught here.
                 if let Err(sessions::RevocationError::Revoked) = state.authenticator.revocations.check(&caller.claims).await {
@@ -204,12 +217,6 @@ async fn run_connection(
                 socket.send(Message::Ping(Vec::new().into())).await?;
                 state.delivery.user_map.touch(caller.user_id, registration.connection_id).await?;
             }
-            () = registration.kicked.cancelled() => {
-                let code = registration.close_code();
-                let reason = if code == hub::REVOKED { "token revoked" } else { "too slow: reconnect with your cursor" };
-                let _ = socket.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
-                return Ok(());
-            }
             outbound = registration.outbound.recv() => {
                 let Some(Outbound { cursor, text }) = outbound else { return Ok(()) };
                 if let Some(cursor) = cursor {
@@ -218,7 +225,11 @@ async fn run_connection(
                     }
                     sent_up_to = cursor;
                 }
-                send_text(&mut socket, &text).await?;
+                // A client that stops reading blocks this send; the kick must still get through.
+                tokio::select! {
+                    sent = send_text(&mut socket, &text) => sent?,
+                    () = registration.kicked.cancelled() => {}
+                }
             }
             frame = socket.recv() => {
                 let frame = match frame {

@@ -45,6 +45,7 @@ pub fn fresh_settings() -> Settings {
         login_failures_per_account: 5,
         login_failures_per_address: 20,
         sends_per_10_seconds: 1000,
+        ws_outbound_queue: 1024,
         max_json_bytes: 64 * 1024,
         trusted_proxies: vec!["127.0.0.1".to_owned()],
         log_format: "text".to_owned(),
@@ -56,14 +57,23 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(settings: Settings, roles: Roles) -> TestApp {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    spawn_app_on(settings, roles, listener).await
+}
+
+/// Like [`spawn_app_with`], on a listener the test prepared (for example with small buffers).
+pub async fn spawn_app_on(
+    settings: Settings,
+    roles: Roles,
+    listener: tokio::net::TcpListener,
+) -> TestApp {
     init_tracing();
     let app = App::start(settings.clone(), roles, true)
         .await
         .unwrap_or_else(|error| panic!("app did not start: {error:#}"));
     let pool = app.pool.clone();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap_or_else(|error| panic!("{error}"));
     let address = listener
         .local_addr()
         .unwrap_or_else(|error| panic!("{error}"));

@@ -903,3 +903,109 @@ async fn the_asyncapi_document_covers_every_frame_the_code_sends_or_accepts() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_connection_that_cannot_keep_up_is_closed_with_4008_and_resumes() {
+    let mut settings = crate::helpers::fresh_settings();
+    settings.ws_outbound_queue = 8;
+    // Small kernel buffers on both ends, so a client that stops reading fills the server's
+    // outbound queue after a few frames instead of after megabytes.
+    let listener = tokio::net::TcpSocket::new_v4().unwrap_or_else(|error| panic!("{error}"));
+    listener
+        .set_send_buffer_size(4096)
+        .unwrap_or_else(|error| panic!("{error}"));
+    listener
+        .bind(
+            "127.0.0.1:0"
+                .parse()
+                .unwrap_or_else(|error| panic!("{error}")),
+        )
+        .unwrap_or_else(|error| panic!("{error}"));
+    let listener = listener
+        .listen(128)
+        .unwrap_or_else(|error| panic!("{error}"));
+    let app = crate::helpers::spawn_app_on(settings, chatd::Roles::ALL, listener).await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    // Bob's client reads nothing, through a small receive buffer.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap_or_else(|error| panic!("{error}"));
+    socket
+        .set_recv_buffer_size(4096)
+        .unwrap_or_else(|error| panic!("{error}"));
+    let address = app
+        .base
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap_or_else(|error| panic!("{error}"));
+    let stream = socket
+        .connect(address)
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    let request = ws_url(&app, &format!("?access_token={}", bob.access_token))
+        .into_client_request()
+        .unwrap_or_else(|error| panic!("{error}"));
+    let (mut slow, _) =
+        tokio_tungstenite::client_async(request, tokio_tungstenite::MaybeTlsStream::Plain(stream))
+            .await
+            .unwrap_or_else(|error| panic!("{error}"));
+    let cursor = ready(&mut slow).await["cursor"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let conversation = json_body(
+        app.post(
+            "/api/v1/conversations",
+            Some(&alice.access_token),
+            &json!({"type": "direct", "user_id": bob.id}),
+        )
+        .await,
+    )
+    .await;
+    let id = conversation["id"].as_str().unwrap_or_default().to_owned();
+    let body = "x".repeat(3900);
+    for _ in 0..100 {
+        let response = app
+            .post(
+                &format!("/api/v1/conversations/{id}/messages"),
+                Some(&alice.access_token),
+                &json!({"body": body}),
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+    }
+    // Reading now: frames, then the close with 4008 (never a silent gap).
+    let code = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match slow.next().await {
+                Some(Ok(Message::Close(frame))) => return frame.map(|frame| u16::from(frame.code)),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return None,
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the slow socket was never closed"));
+    assert_eq!(code, Some(4008));
+    // Resuming from the cursor it had gets everything, in order.
+    let url = format!(
+        "{}?cursor={cursor}&access_token={}",
+        ws_url(&app, ""),
+        bob.access_token
+    );
+    let (mut resumed, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    ready(&mut resumed).await;
+    let mut seqs = Vec::new();
+    loop {
+        let frame = next_frame(&mut resumed).await;
+        if frame["type"] == "resumed" {
+            assert_eq!(frame["recovered"], true);
+            break;
+        }
+        if frame["event"] == "message.created" {
+            seqs.push(frame["seq"].as_i64().unwrap_or(0));
+        }
+    }
+    assert_eq!(seqs, (1..=100).collect::<Vec<i64>>());
+}

@@ -140,6 +140,7 @@ impl App {
             let state = QueryState {
                 pool: self.pool.clone(),
                 authenticator: self.authenticator.clone(),
+                presence: self.user_map(),
             };
             let (routes, _) = query_api::router().split_for_parts();
             let routes = routes.layer(axum::middleware::from_fn_with_state(
@@ -210,8 +211,8 @@ impl App {
         }
     }
 
-    fn user_map(&self) -> socket_push::user_map::UserMap {
-        socket_push::user_map::UserMap {
+    fn user_map(&self) -> sessions::user_map::UserMap {
+        sessions::user_map::UserMap {
             redis: self.redis.clone(),
             namespace: self.settings.namespace.clone(),
             node_id: self.node_id,
@@ -289,6 +290,7 @@ impl App {
                     self.pool.clone(),
                     CONVERSATION_SNAPSHOT_EVERY,
                 )),
+                accounts: Arc::new(AggregateStore::<Account>::new(self.pool.clone())),
                 delivery: self.delivery(),
             };
             loops.spawn(socket_push::revocations::run(

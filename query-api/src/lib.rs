@@ -21,6 +21,8 @@ use web::{Authenticator, consistency};
 pub struct QueryState {
     pub pool: sqlx::PgPool,
     pub authenticator: Arc<Authenticator>,
+    /// Who is online, and when each user was last seen.
+    pub presence: sessions::user_map::UserMap,
 }
 
 impl FromRef<QueryState> for Arc<Authenticator> {

@@ -23,15 +23,18 @@ struct UserRow {
 }
 
 impl UserRow {
-    fn into_user(self, with_email: bool) -> User {
+    fn into_user(self, with_email: bool, presence: (bool, Option<String>)) -> User {
+        let (online, last_seen) = presence;
         User {
             id: self.id,
             username: self.username,
             display_name: self.display_name,
             bio: self.bio,
             avatar: None,
-            online: false,
-            last_seen_at: None,
+            online,
+            last_seen_at: last_seen
+                .and_then(|time| DateTime::parse_from_rfc3339(&time).ok())
+                .map(|time| time.with_timezone(&Utc)),
             created_at: self.created_at,
             email: with_email.then_some(self.email),
         }
@@ -95,10 +98,12 @@ pub async fn list_users(
     .fetch_all(&state.pool)
     .await?;
     let has_more = rows.len() as i64 > limit;
+    let rows: Vec<UserRow> = rows.into_iter().take(limit as usize).collect();
+    let presence = presence_of(&state, &rows).await?;
     let items: Vec<User> = rows
         .into_iter()
-        .take(limit as usize)
-        .map(|row| row.into_user(false))
+        .zip(presence)
+        .map(|(row, presence)| row.into_user(false, presence))
         .collect();
     let next_cursor = has_more
         .then(|| {
@@ -143,8 +148,26 @@ async fn find_user(
             .bind(user_id)
             .fetch_optional(&state.pool)
             .await?;
-    row.map(|row| axum::Json(row.into_user(with_email)))
-        .ok_or_else(not_found)
+    let row = row.ok_or_else(not_found)?;
+    let presence = presence_of(state, std::slice::from_ref(&row))
+        .await?
+        .pop()
+        .unwrap_or_default();
+    Ok(axum::Json(row.into_user(with_email, presence)))
+}
+
+/// Online flags and last-seen times from the user map; a Redis failure is a 503, as for
+/// every authenticated request.
+async fn presence_of(
+    state: &QueryState,
+    rows: &[UserRow],
+) -> Result<Vec<(bool, Option<String>)>, ApiError> {
+    let ids: Vec<Uuid> = rows.iter().map(|row| row.id).collect();
+    state
+        .presence
+        .presence(&ids)
+        .await
+        .map_err(ApiError::unavailable)
 }
 
 fn not_found() -> ApiError {

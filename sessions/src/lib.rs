@@ -3,10 +3,12 @@
 //! - [`tokens`]: issuing and verifying HS256 JWTs (algorithm pinned, every claim checked).
 //! - [`revocation`]: the revoked set in Redis, backed durably by Postgres and reloaded from it
 //!   whenever Redis has lost it; checks fail closed when Redis is unreachable.
+//! - [`user_map`]: which node holds each user's WebSocket connections, and presence.
 //! - [`redis_connect`]: a Redis connection manager with short timeouts.
 
 pub mod revocation;
 pub mod tokens;
+pub mod user_map;
 
 use anyhow::Context;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};

@@ -22,6 +22,7 @@ pub const EVENTS: &[&str] = &[
     "message.edited",
     "message.deleted",
     "receipt.updated",
+    "user.updated",
 ];
 
 fn string() -> Value {

@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use crate::hub::{Cursor, Hub, Outbound};
 use crate::node::{NodeBatch, NodeFrame, queue_name};
-use crate::user_map::UserMap;
+use sessions::user_map::UserMap;
 
 #[derive(Clone)]
 pub struct Delivery {

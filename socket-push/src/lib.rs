@@ -9,7 +9,6 @@
 //! - [`hub`]: this node's connections by user, with bounded outbound queues.
 //! - [`presence`]: online/offline announcements to the users who share a conversation.
 //! - [`push`]: the push router: recipients of each event, their inboxes (cursors), delivery.
-//! - [`user_map`]: which node holds each user's connections (Redis, with TTLs).
 //! - [`revocations`]: closes revoked connections (4001) as revocations are announced.
 //! - [`node`]: this node's queue, through which routers on other nodes reach its connections.
 
@@ -32,7 +31,6 @@ pub mod node;
 pub mod presence;
 pub mod push;
 pub mod revocations;
-pub mod user_map;
 
 use hub::{Cursor, Hub, Outbound};
 

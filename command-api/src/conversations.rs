@@ -357,8 +357,9 @@ pub async fn send(
         Some(event) => event,
         None => original_send(&state.pool, conversation_id, sender_id, client_message_id).await?,
     };
-    let message = message_from_event(conversation_id, sent)
+    let mut message = Message::sent(conversation_id.as_uuid(), &sent)
         .ok_or_else(|| ApiError::internal("a send produced no MessageSent"))?;
+    message.status = Some("sent".to_owned());
     Ok((message, committed.position))
 }
 
@@ -371,59 +372,39 @@ async fn original_send(
 ) -> Result<ConversationEvent, ApiError> {
     let client_message_id = client_message_id
         .ok_or_else(|| ApiError::internal("a send wrote nothing without being a retry"))?;
-    let payload: Option<sqlx::types::Json<ConversationEvent>> = sqlx::query_scalar(
-        "SELECT e.payload::jsonb FROM message_index i
-           JOIN events e ON e.aggregate_type = 'conversation' AND e.aggregate_id = i.conversation_id::text
-                        AND e.sequence = i.event_sequence
-          WHERE i.conversation_id = $1 AND i.sender_id = $2 AND i.client_message_id = $3",
+    let message_id: Option<Uuid> = sqlx::query_scalar(
+        "SELECT message_id FROM message_index
+          WHERE conversation_id = $1 AND sender_id = $2 AND client_message_id = $3",
     )
     .bind(conversation_id.as_uuid())
     .bind(sender_id.as_uuid())
     .bind(client_message_id.as_str())
     .fetch_optional(pool)
     .await?;
-    payload
-        .map(|payload| payload.0)
-        .ok_or_else(|| ApiError::internal("the original send is not in the index"))
+    let message_id =
+        message_id.ok_or_else(|| ApiError::internal("the original send is not in the index"))?;
+    sent_event(pool, conversation_id.as_uuid(), message_id)
+        .await
+        .map_err(ApiError::database)
 }
 
-fn message_from_event(
-    conversation_id: ConversationId,
-    event: ConversationEvent,
-) -> Option<Message> {
-    let ConversationEvent::MessageSent {
-        message_id,
-        seq,
-        sender_id,
-        body,
-        attachment_ids,
-        reply_to_id,
-        at,
-        ..
-    } = event
-    else {
-        return None;
-    };
-    let kind = if body.is_none() && !attachment_ids.is_empty() {
-        "image"
-    } else {
-        "text"
-    };
-    Some(Message {
-        id: message_id.as_uuid(),
-        conversation_id: conversation_id.as_uuid(),
-        seq,
-        sender_id: sender_id.as_uuid(),
-        kind: kind.to_owned(),
-        body: body.map(|body| body.as_str().to_owned()),
-        attachments: Vec::new(),
-        reply_to_id: reply_to_id.map(|id| id.as_uuid()),
-        created_at: at,
-        edited_at: None,
-        deleted: false,
-        status: Some("sent".to_owned()),
-        system: None,
-    })
+/// The `MessageSent` event of a message, found through the message index.
+pub async fn sent_event(
+    executor: impl sqlx::PgExecutor<'_>,
+    conversation_id: Uuid,
+    message_id: Uuid,
+) -> sqlx::Result<ConversationEvent> {
+    let payload: sqlx::types::Json<ConversationEvent> = sqlx::query_scalar(
+        "SELECT e.payload::jsonb FROM message_index i
+           JOIN events e ON e.aggregate_type = 'conversation' AND e.aggregate_id = i.conversation_id::text
+                        AND e.sequence = i.event_sequence
+          WHERE i.message_id = $1 AND i.conversation_id = $2",
+    )
+    .bind(message_id)
+    .bind(conversation_id)
+    .fetch_one(executor)
+    .await?;
+    Ok(payload.0)
 }
 
 /// PATCH /api/v1/messages/{id}

@@ -125,6 +125,15 @@ impl ClientMessageId {
     }
 }
 
+/// The kind of a sent message: `image` when it has attachments and no text, else `text`.
+pub fn sent_message_kind(body: Option<&MessageBody>, attachment_ids: &[Uuid]) -> &'static str {
+    if body.is_none() && !attachment_ids.is_empty() {
+        "image"
+    } else {
+        "text"
+    }
+}
+
 /// The id of the system message at `seq` (member changes, renames): derived from its place in
 /// the timeline, so every view of the log gives it the same id.
 pub fn system_message_id(conversation_id: ConversationId, seq: i64) -> Uuid {

@@ -249,11 +249,7 @@ async fn apply_conversation(
             at,
             ..
         } => {
-            let kind = if body.is_none() && !attachment_ids.is_empty() {
-                "image"
-            } else {
-                "text"
-            };
+            let kind = domain::conversation::sent_message_kind(body.as_ref(), &attachment_ids);
             sqlx::query(
                 "INSERT INTO messages (id, conversation_id, seq, sender_id, kind, body, attachment_ids, reply_to_id, created_at)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",

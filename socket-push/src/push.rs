@@ -425,37 +425,10 @@ impl PushRouter {
                     push(after, frame("message.created", Some(seq), system)),
                 ]
             }
-            ConversationEvent::MessageSent {
-                message_id,
-                seq,
-                sender_id,
-                body,
-                attachment_ids,
-                reply_to_id,
-                at,
-                ..
-            } => {
+            sent @ ConversationEvent::MessageSent { seq, sender_id, .. } => {
                 let members = Self::members(transaction, conversation_id).await?;
-                let kind = if body.is_none() && !attachment_ids.is_empty() {
-                    "image"
-                } else {
-                    "text"
-                };
-                let message = Message {
-                    id: message_id.as_uuid(),
-                    conversation_id,
-                    seq,
-                    sender_id: sender_id.as_uuid(),
-                    kind: kind.to_owned(),
-                    body: body.map(|body| body.as_str().to_owned()),
-                    attachments: Vec::new(),
-                    reply_to_id: reply_to_id.map(|id| id.as_uuid()),
-                    created_at: at,
-                    edited_at: None,
-                    deleted: false,
-                    status: None,
-                    system: None,
-                };
+                let message = Message::sent(conversation_id, &sent)
+                    .ok_or_else(|| anyhow::anyhow!("MessageSent without a message"))?;
                 vec![Push {
                     recipients: members,
                     frame: frame("message.created", Some(seq), serde_json::to_value(message)?),
@@ -527,36 +500,11 @@ async fn original_message(
     conversation_id: Uuid,
     message_id: Uuid,
 ) -> anyhow::Result<Value> {
-    let payload: sqlx::types::Json<ConversationEvent> = sqlx::query_scalar(
-        "SELECT e.payload::jsonb FROM message_index i
-           JOIN events e ON e.aggregate_type = 'conversation' AND e.aggregate_id = i.conversation_id::text
-                        AND e.sequence = i.event_sequence
-          WHERE i.message_id = $1 AND i.conversation_id = $2",
-    )
-    .bind(message_id)
-    .bind(conversation_id)
-    .fetch_one(&mut **transaction)
-    .await?;
-    let ConversationEvent::MessageSent {
-        seq,
-        sender_id,
-        body,
-        attachment_ids,
-        reply_to_id,
-        at,
-        ..
-    } = payload.0
-    else {
-        anyhow::bail!("message {message_id} is not indexed to a MessageSent event");
-    };
-    let kind = if body.is_none() && !attachment_ids.is_empty() {
-        "image"
-    } else {
-        "text"
-    };
-    Ok(json!({
-        "id": message_id, "conversation_id": conversation_id, "seq": seq, "sender_id": sender_id, "kind": kind,
-        "body": body.as_ref().map(|body| body.as_str()), "attachments": [], "reply_to_id": reply_to_id,
-        "created_at": rfc3339_string(&at), "edited_at": null, "deleted": false, "status": null,
-    }))
+    let sent =
+        command_api::conversations::sent_event(&mut **transaction, conversation_id, message_id)
+            .await?;
+    let message = Message::sent(conversation_id, &sent).ok_or_else(|| {
+        anyhow::anyhow!("message {message_id} is not indexed to a MessageSent event")
+    })?;
+    Ok(serde_json::to_value(message)?)
 }

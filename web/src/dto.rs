@@ -132,6 +132,44 @@ pub struct Message {
     pub system: Option<serde_json::Value>,
 }
 
+impl Message {
+    /// A message as its `MessageSent` event describes it (`None` for any other event): not
+    /// edited, not deleted, no `status` (the caller sets it for the sender).
+    pub fn sent(
+        conversation_id: Uuid,
+        event: &domain::conversation::ConversationEvent,
+    ) -> Option<Self> {
+        let domain::conversation::ConversationEvent::MessageSent {
+            message_id,
+            seq,
+            sender_id,
+            body,
+            attachment_ids,
+            reply_to_id,
+            at,
+            ..
+        } = event
+        else {
+            return None;
+        };
+        Some(Self {
+            id: message_id.as_uuid(),
+            conversation_id,
+            seq: *seq,
+            sender_id: sender_id.as_uuid(),
+            kind: domain::conversation::sent_message_kind(body.as_ref(), attachment_ids).to_owned(),
+            body: body.as_ref().map(|body| body.as_str().to_owned()),
+            attachments: Vec::new(),
+            reply_to_id: reply_to_id.map(|id| id.as_uuid()),
+            created_at: *at,
+            edited_at: None,
+            deleted: false,
+            status: None,
+            system: None,
+        })
+    }
+}
+
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct MessagePage {
     pub items: Vec<Message>,

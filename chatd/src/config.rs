@@ -29,6 +29,50 @@ pub enum Command {
     SocketPush(Settings),
     /// Applies pending database migrations and exits.
     Migrate(Settings),
+    /// Grants or revokes the `admin` role (each an event in the log, recording who ran it).
+    Admin(AdminCommand),
+    /// Reads the audit log.
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct AdminCommand {
+    #[command(subcommand)]
+    pub action: AdminAction,
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminAction {
+    /// Makes a user an admin.
+    Grant { username: String },
+    /// Takes the admin role away.
+    Revoke { username: String },
+}
+
+#[derive(Debug, Args)]
+pub struct AuditCommand {
+    #[command(subcommand)]
+    pub action: AuditAction,
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditAction {
+    /// Writes a conversation's events as JSON Lines on stdout, in log order.
+    Export {
+        /// The conversation id.
+        #[arg(long)]
+        conversation: uuid::Uuid,
+        /// Recorded at or after (RFC 3339).
+        #[arg(long)]
+        from: Option<chrono::DateTime<chrono::Utc>>,
+        /// Recorded before (RFC 3339).
+        #[arg(long)]
+        to: Option<chrono::DateTime<chrono::Utc>>,
+    },
 }
 
 #[derive(Clone, Debug, Args)]

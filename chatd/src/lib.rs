@@ -4,10 +4,12 @@
 //! - [`config`]: the command line and `Settings`.
 //! - [`app`]: startup (connections, migrations, secrets), the router of each role, background
 //!   loops, graceful shutdown.
+//! - [`operator`]: `chatd admin` and `chatd audit export`.
 //! - [`ops`]: health, readiness, metrics, OpenAPI and the API reference page.
 
 pub mod app;
 pub mod config;
+pub mod operator;
 pub mod ops;
 
 pub use app::{App, Roles};

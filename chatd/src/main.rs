@@ -52,6 +52,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             },
             false,
         ),
+        Command::Admin(admin) => {
+            init_logging(&admin.settings.log_format);
+            // Who ran it goes into the event: the operator's login and machine.
+            let user = std::env::var("USER").unwrap_or_else(|_| "unknown".to_owned());
+            let host = std::fs::read_to_string("/etc/hostname")
+                .map(|name| name.trim().to_owned())
+                .unwrap_or_else(|_| "unknown".to_owned());
+            let outcome = chatd::operator::admin(
+                &admin.settings,
+                admin.action,
+                &format!("cli:{user}@{host}"),
+            )
+            .await?;
+            println!("{outcome}");
+            return Ok(());
+        }
+        Command::Audit(audit) => {
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            chatd::operator::audit(&audit.settings, audit.action, &mut out).await?;
+            std::io::Write::flush(&mut out)?;
+            return Ok(());
+        }
         Command::Migrate(settings) => {
             init_logging(&settings.log_format);
             store::create_database_if_missing(&settings.database_url).await?;

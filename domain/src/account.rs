@@ -222,6 +222,12 @@ pub enum AccountCommand {
         kept_session_id: SessionId,
         at: DateTime<Utc>,
     },
+    /// Grants (`admin: true`) or revokes the `admin` role; `by` names who ran it.
+    SetAdmin {
+        admin: bool,
+        by: String,
+        at: DateTime<Utc>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -265,6 +271,15 @@ pub enum AccountEvent {
         kept_session_id: SessionId,
         at: DateTime<Utc>,
     },
+    /// `by` is who ran the grant (an operator at a terminal: `cli:user@host`).
+    AdminGranted {
+        by: String,
+        at: DateTime<Utc>,
+    },
+    AdminRevoked {
+        by: String,
+        at: DateTime<Utc>,
+    },
 }
 
 impl AccountEvent {
@@ -279,6 +294,8 @@ impl AccountEvent {
         ("AccountProfileUpdated", "1.0"),
         ("AccountEmailChanged", "1.0"),
         ("AccountPasswordChanged", "1.0"),
+        ("AccountAdminGranted", "1.0"),
+        ("AccountAdminRevoked", "1.0"),
     ];
 }
 
@@ -294,6 +311,8 @@ impl DomainEvent for AccountEvent {
             Self::ProfileUpdated { .. } => "AccountProfileUpdated",
             Self::EmailChanged { .. } => "AccountEmailChanged",
             Self::PasswordChanged { .. } => "AccountPasswordChanged",
+            Self::AdminGranted { .. } => "AccountAdminGranted",
+            Self::AdminRevoked { .. } => "AccountAdminRevoked",
         };
         name.to_owned()
     }
@@ -322,6 +341,9 @@ pub struct Account {
     pub avatar_media_id: Option<Uuid>,
     pub created_at: Option<DateTime<Utc>>,
     pub updated_at: Option<DateTime<Utc>>,
+    /// Holds the `admin` role (audit routes).
+    #[serde(default)]
+    pub admin: bool,
 }
 
 impl Account {
@@ -411,6 +433,18 @@ impl Aggregate for Account {
             AccountCommand::UpdateProfile { changes, at } => {
                 return self.update_profile(changes, at, sink).await;
             }
+            // Granting what is already held, or revoking what is not, writes nothing.
+            AccountCommand::SetAdmin { admin, .. } if admin == self.admin => return Ok(()),
+            AccountCommand::SetAdmin {
+                admin: true,
+                by,
+                at,
+            } => AccountEvent::AdminGranted { by, at },
+            AccountCommand::SetAdmin {
+                admin: false,
+                by,
+                at,
+            } => AccountEvent::AdminRevoked { by, at },
         };
         self.emit(sink, event).await;
         Ok(())
@@ -453,6 +487,8 @@ impl Aggregate for Account {
             | AccountEvent::RefreshTokenReused { .. }
             | AccountEvent::LoggedOut { .. }
             | AccountEvent::PasswordChanged { .. } => {}
+            AccountEvent::AdminGranted { .. } => self.admin = true,
+            AccountEvent::AdminRevoked { .. } => self.admin = false,
         }
     }
 }
@@ -680,6 +716,40 @@ mod tests {
     }
 
     #[test]
+    fn admin_is_granted_and_revoked_once_each() {
+        let user_id = UserId::new();
+        let by = "cli:root@host".to_owned();
+        let granted = AccountEvent::AdminGranted {
+            by: by.clone(),
+            at: at(),
+        };
+        AccountTest::with(())
+            .given(vec![registered(user_id)])
+            .when(AccountCommand::SetAdmin {
+                admin: true,
+                by: by.clone(),
+                at: at(),
+            })
+            .then_expect_events(vec![granted.clone()]);
+        AccountTest::with(())
+            .given(vec![registered(user_id), granted.clone()])
+            .when(AccountCommand::SetAdmin {
+                admin: true,
+                by: by.clone(),
+                at: at(),
+            })
+            .then_expect_events(vec![]);
+        AccountTest::with(())
+            .given(vec![registered(user_id), granted])
+            .when(AccountCommand::SetAdmin {
+                admin: false,
+                by: by.clone(),
+                at: at(),
+            })
+            .then_expect_events(vec![AccountEvent::AdminRevoked { by, at: at() }]);
+    }
+
+    #[test]
     fn usernames_fold_case_and_reject_other_characters() {
         assert_eq!(username("Bob_1.x").as_str(), "bob_1.x");
         for bad in ["ab", "a b c", "émile", "x".repeat(33).as_str(), "bob!"] {
@@ -747,6 +817,14 @@ mod tests {
             },
             AccountEvent::PasswordChanged {
                 kept_session_id: session_id,
+                at: at(),
+            },
+            AccountEvent::AdminGranted {
+                by: "cli:root@host".to_owned(),
+                at: at(),
+            },
+            AccountEvent::AdminRevoked {
+                by: "cli:root@host".to_owned(),
                 at: at(),
             },
         ];

@@ -124,7 +124,9 @@ async fn apply_account(
         | AccountEvent::SessionRefreshed { .. }
         | AccountEvent::RefreshTokenReused { .. }
         | AccountEvent::LoggedOut { .. }
-        | AccountEvent::PasswordChanged { .. } => {}
+        | AccountEvent::PasswordChanged { .. }
+        | AccountEvent::AdminGranted { .. }
+        | AccountEvent::AdminRevoked { .. } => {}
     }
     Ok(())
 }

@@ -2,9 +2,11 @@
 //! `X-Read-Model-Lag-Ms`; a request with `X-Consistency-Token` waits for that write first.
 //!
 //! - [`users`]: `GET /api/v1/users`, `/users/{id}`, `/users/me`.
+//! - [`audit`]: the event log and conversations as they stood, for admins.
 //! - [`conversations`]: conversations, message history, messages and receipts.
 //! - [`read_consistency`]: the middleware that does the waiting and the lag header.
 
+pub mod audit;
 pub mod conversations;
 pub mod users;
 
@@ -42,6 +44,8 @@ pub fn router() -> OpenApiRouter<QueryState> {
         .routes(routes!(conversations::history))
         .routes(routes!(conversations::get_message))
         .routes(routes!(conversations::receipts))
+        .routes(routes!(audit::events))
+        .routes(routes!(audit::conversation_state))
 }
 
 /// Waits for the request's consistency token, runs the query, and reports the lag.

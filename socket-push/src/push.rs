@@ -6,9 +6,9 @@
 use async_trait::async_trait;
 use bus::{EventMessage, Topology};
 use cqrs_es::Aggregate;
+use domain::UserId;
 use domain::account::{Account, AccountEvent};
-use domain::conversation::{Conversation, ConversationEvent, system_message_id};
-use domain::{ConversationId, UserId};
+use domain::conversation::{Conversation, ConversationEvent};
 use redis::aio::ConnectionManager;
 use serde_json::{Value, json};
 use sqlx::{Postgres, Transaction};
@@ -486,12 +486,8 @@ fn system_message(
     system: Value,
     at: chrono::DateTime<chrono::Utc>,
 ) -> Value {
-    let id = system_message_id(ConversationId::from_uuid(conversation_id), seq);
-    json!({
-        "id": id, "conversation_id": conversation_id, "seq": seq, "sender_id": actor, "kind": "system",
-        "body": system["action"], "attachments": [], "reply_to_id": null, "created_at": rfc3339_string(&at),
-        "edited_at": null, "deleted": false, "status": null, "system": system,
-    })
+    let message = Message::system(conversation_id, seq, actor.as_uuid(), system, at);
+    serde_json::to_value(message).unwrap_or(Value::Null)
 }
 
 /// The message as first sent (from its `MessageSent` event), in the REST shape.

@@ -133,6 +133,35 @@ pub struct Message {
 }
 
 impl Message {
+    /// The system message at `seq` (a member change or a rename): `body` is the action,
+    /// `system` the details.
+    pub fn system(
+        conversation_id: Uuid,
+        seq: i64,
+        actor_id: Uuid,
+        system: serde_json::Value,
+        at: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            id: domain::conversation::system_message_id(
+                domain::ConversationId::from_uuid(conversation_id),
+                seq,
+            ),
+            conversation_id,
+            seq,
+            sender_id: actor_id,
+            kind: "system".to_owned(),
+            body: system["action"].as_str().map(str::to_owned),
+            attachments: Vec::new(),
+            reply_to_id: None,
+            created_at: at,
+            edited_at: None,
+            deleted: false,
+            status: None,
+            system: Some(system),
+        }
+    }
+
     /// A message as its `MessageSent` event describes it (`None` for any other event): not
     /// edited, not deleted, no `status` (the caller sets it for the sender).
     pub fn sent(

@@ -2,6 +2,7 @@
 //! a namespace, so they run in parallel.
 
 mod accounts;
+mod audit;
 mod auth;
 mod conversations;
 mod helpers;

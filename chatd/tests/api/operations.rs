@@ -117,6 +117,8 @@ async fn openapi_document_lists_every_route_and_docs_are_served_offline() {
         "DELETE /api/v1/messages/{id}",
         "GET /api/v1/messages/{id}/receipts",
         "POST /api/v1/conversations/{id}/receipts",
+        "GET /api/v1/audit/events",
+        "GET /api/v1/audit/conversations/{id}/state",
     ] {
         assert!(
             routes.contains(expected),

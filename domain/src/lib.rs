@@ -6,11 +6,13 @@
 //! - [`ids`]: typed identifiers (`UserId`, `SessionId`).
 //! - [`account`]: the `Account` aggregate (registration, sessions, profile) and its values.
 //! - [`conversation`]: the `Conversation` aggregate (members, messages, receipts).
+//! - [`upcasting`]: older event versions into the current types.
 //! - [`metadata`]: who and what caused an event (`actor_id`, `request_id`, `recorded_at`).
 
 pub mod account;
 pub mod conversation;
 pub mod ids;
 pub mod metadata;
+pub mod upcasting;
 
 pub use ids::{ConversationId, MessageId, SessionId, UserId};

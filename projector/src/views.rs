@@ -48,12 +48,23 @@ pub async fn apply(
 ) -> anyhow::Result<()> {
     match message.aggregate_type.as_str() {
         Account::TYPE => {
-            let event: AccountEvent = serde_json::from_value(message.payload.clone())?;
+            let event: AccountEvent = serde_json::from_value(domain::upcasting::upcast_payload(
+                &message.aggregate_type,
+                &message.event_type,
+                &message.event_version,
+                message.payload.clone(),
+            ))?;
             let user_id: Uuid = message.aggregate_id.parse()?;
             apply_account(transaction, user_id, event).await
         }
         Conversation::TYPE => {
-            let event: ConversationEvent = serde_json::from_value(message.payload.clone())?;
+            let event: ConversationEvent =
+                serde_json::from_value(domain::upcasting::upcast_payload(
+                    &message.aggregate_type,
+                    &message.event_type,
+                    &message.event_version,
+                    message.payload.clone(),
+                ))?;
             let conversation_id: Uuid = message.aggregate_id.parse()?;
             apply_conversation(transaction, conversation_id, event).await
         }

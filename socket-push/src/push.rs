@@ -72,12 +72,24 @@ impl projector::Handler for PushRouter {
         let mut pushes = match event.aggregate_type.as_str() {
             Conversation::TYPE => {
                 let conversation_id: Uuid = event.aggregate_id.parse()?;
-                let payload: ConversationEvent = serde_json::from_value(event.payload.clone())?;
+                let payload: ConversationEvent =
+                    serde_json::from_value(domain::upcasting::upcast_payload(
+                        &event.aggregate_type,
+                        &event.event_type,
+                        &event.event_version,
+                        event.payload.clone(),
+                    ))?;
                 self.route(transaction, conversation_id, payload).await?
             }
             Account::TYPE => {
                 let user_id: Uuid = event.aggregate_id.parse()?;
-                let payload: AccountEvent = serde_json::from_value(event.payload.clone())?;
+                let payload: AccountEvent =
+                    serde_json::from_value(domain::upcasting::upcast_payload(
+                        &event.aggregate_type,
+                        &event.event_type,
+                        &event.event_version,
+                        event.payload.clone(),
+                    ))?;
                 self.route_account(transaction, user_id, payload).await?
             }
             _ => Vec::new(),

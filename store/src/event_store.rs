@@ -62,14 +62,20 @@ where
 {
     pub fn new(pool: PgPool) -> Self {
         let repository = PostgresEventRepository::new(pool);
-        Self::with_store(PersistedEventStore::new_event_store(repository))
+        Self::with_store(
+            PersistedEventStore::new_event_store(repository)
+                .with_upcasters(domain::upcasting::upcasters()),
+        )
     }
 
     /// A store that snapshots the aggregate every `every` events, so loading reads one
     /// snapshot and fewer than `every` events however long the stream is.
     pub fn with_snapshots(pool: PgPool, every: usize) -> Self {
         let repository = PostgresEventRepository::new(pool);
-        Self::with_store(PersistedEventStore::new_snapshot_store(repository, every))
+        Self::with_store(
+            PersistedEventStore::new_snapshot_store(repository, every)
+                .with_upcasters(domain::upcasting::upcasters()),
+        )
     }
 
     fn with_store(store: PersistedEventStore<PostgresEventRepository, A>) -> Self {

@@ -33,6 +33,18 @@ pub enum Command {
     Admin(AdminCommand),
     /// Reads the audit log.
     Audit(AuditCommand),
+    /// Rebuilds every read model from the event log and switches to it atomically.
+    Replay(ReplayCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayCommand {
+    /// Rebuild into scratch tables and compare them with the live ones instead of switching;
+    /// exits non-zero on any difference.
+    #[arg(long)]
+    pub verify: bool,
+    #[command(flatten)]
+    pub settings: Settings,
 }
 
 #[derive(Debug, Args)]

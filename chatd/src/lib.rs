@@ -5,12 +5,14 @@
 //! - [`app`]: startup (connections, migrations, secrets), the router of each role, background
 //!   loops, graceful shutdown.
 //! - [`operator`]: `chatd admin` and `chatd audit export`.
+//! - [`replay`]: `chatd replay` and `chatd replay --verify`.
 //! - [`ops`]: health, readiness, metrics, OpenAPI and the API reference page.
 
 pub mod app;
 pub mod config;
 pub mod operator;
 pub mod ops;
+pub mod replay;
 
 pub use app::{App, Roles};
 pub use config::{Cli, Command, Settings};

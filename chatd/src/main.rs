@@ -75,6 +75,35 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             std::io::Write::flush(&mut out)?;
             return Ok(());
         }
+        Command::Replay(replay) => {
+            let pool = store::connect(&replay.settings.database_url, 4).await?;
+            let mut stderr = std::io::stderr();
+            let outcome = chatd::replay::run(&pool, replay.verify, &mut stderr).await?;
+            if !replay.verify {
+                println!(
+                    "read models rebuilt from {} events and switched",
+                    outcome.events
+                );
+                return Ok(());
+            }
+            if outcome.differences.is_empty() {
+                println!(
+                    "verify: the read models equal the log ({} events)",
+                    outcome.events
+                );
+                return Ok(());
+            }
+            for difference in &outcome.differences {
+                println!(
+                    "difference in {} at key ({}): only in {}: {}",
+                    difference.table, difference.key, difference.only_in, difference.row
+                );
+            }
+            anyhow::bail!(
+                "verify: {} differences between the read models and the log",
+                outcome.differences.len()
+            );
+        }
         Command::Migrate(settings) => {
             init_logging(&settings.log_format);
             store::create_database_if_missing(&settings.database_url).await?;

@@ -354,3 +354,162 @@ async fn a_conversation_as_it_stood_around_an_edit_a_deletion_and_a_new_member()
         .await;
     assert_eq!(before_anything.status(), StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn replay_verifies_repairs_and_switches_while_the_app_runs() {
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let group = json_body(
+        app.post(
+            "/api/v1/conversations",
+            Some(&alice.access_token),
+            &json!({"type": "group", "title": "Replayed", "member_ids": [bob.id]}),
+        )
+        .await,
+    )
+    .await;
+    let id = group["id"].as_str().unwrap_or_default().to_owned();
+    let mut message_ids = Vec::new();
+    for index in 0..5 {
+        let message = json_body(
+            app.post(
+                &format!("/api/v1/conversations/{id}/messages"),
+                Some(&alice.access_token),
+                &json!({"body": format!("m{index}")}),
+            )
+            .await,
+        )
+        .await;
+        message_ids.push(message["id"].as_str().unwrap_or_default().to_owned());
+    }
+    assert_eq!(
+        app.patch(
+            &format!("/api/v1/messages/{}", message_ids[0]),
+            &alice.access_token,
+            &json!({"body": "m0 edited"})
+        )
+        .await
+        .status(),
+        StatusCode::OK
+    );
+    let deleted = app
+        .client
+        .delete(app.url(&format!("/api/v1/messages/{}", message_ids[1])))
+        .bearer_auth(&alice.access_token)
+        .send()
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
+    let receipt = app
+        .post(
+            &format!("/api/v1/conversations/{id}/receipts"),
+            Some(&bob.access_token),
+            &json!({"read_seq": 3}),
+        )
+        .await;
+    let consistency = header(&receipt, "x-consistency-token").unwrap_or_default();
+    assert_eq!(
+        app.patch(
+            "/api/v1/users/me",
+            &bob.access_token,
+            &json!({"bio": "replay me"})
+        )
+        .await
+        .status(),
+        StatusCode::OK
+    );
+    // Everything projected before comparing.
+    let newest = app
+        .get(
+            &format!("/api/v1/conversations/{id}"),
+            Some(&bob.access_token),
+            Some(&consistency),
+        )
+        .await;
+    assert_eq!(newest.status(), StatusCode::OK);
+    let settled = crate::helpers::eventually(Duration::from_secs(10), || async {
+        let lag: i64 = store::projection::read_model_lag_ms(&app.pool)
+            .await
+            .unwrap_or(1);
+        lag == 0
+    })
+    .await;
+    assert!(settled, "the projector did not catch up");
+
+    let verify = chatd(&app, &["replay", "--verify"]);
+    assert!(
+        verify.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    assert!(String::from_utf8_lossy(&verify.stdout).contains("equal"));
+    assert!(
+        String::from_utf8_lossy(&verify.stderr).contains("replayed"),
+        "progress lines: {}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+
+    // One corrupted row: verify names the table and the key, and fails.
+    sqlx::query("UPDATE messages SET body = 'tampered' WHERE id = $1::uuid")
+        .bind(&message_ids[2])
+        .execute(&app.pool)
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    let verify = chatd(&app, &["replay", "--verify"]);
+    assert!(!verify.status.success());
+    let report = String::from_utf8_lossy(&verify.stdout).to_string();
+    assert!(
+        report.contains("difference in messages") && report.contains(&message_ids[2]),
+        "{report}"
+    );
+
+    // The rebuild and switch repairs it, and the app keeps working on the new tables.
+    let replay = chatd(&app, &["replay"]);
+    assert!(
+        replay.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
+    let repaired = json_body(
+        app.get(
+            &format!("/api/v1/messages/{}", message_ids[2]),
+            Some(&bob.access_token),
+            None,
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(repaired["body"], "m2");
+    let after = app
+        .post(
+            &format!("/api/v1/conversations/{id}/messages"),
+            Some(&bob.access_token),
+            &json!({"body": "after the replay"}),
+        )
+        .await;
+    assert_eq!(after.status(), StatusCode::CREATED);
+    let consistency = header(&after, "x-consistency-token").unwrap_or_default();
+    let page = json_body(
+        app.get(
+            &format!("/api/v1/conversations/{id}/messages"),
+            Some(&alice.access_token),
+            Some(&consistency),
+        )
+        .await,
+    )
+    .await;
+    let last = page["items"]
+        .as_array()
+        .and_then(|items| items.last())
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(last["body"], "after the replay");
+    let verify = chatd(&app, &["replay", "--verify"]);
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+}

@@ -1,0 +1,310 @@
+//! `chatd replay`: rebuilds every read model from the event log into fresh tables, then
+//! switches to them atomically while live traffic goes on; `--verify` rebuilds into scratch
+//! tables and compares them with the live ones instead.
+//!
+//! The rebuild runs the projector's own view code (`projector::views::apply`) with the
+//! `search_path` pointed at a scratch schema, so the rebuilt tables are what the projector
+//! would have built. The switch locks the live read models for a moment, applies what was
+//! written since the rebuild began, and swaps the tables between schemas in one transaction.
+
+use bus::EventMessage;
+use sqlx::{PgPool, Postgres, Transaction};
+use std::collections::HashMap;
+use std::io::{IsTerminal, Write};
+use std::time::Instant;
+use uuid::Uuid;
+
+/// The read models, with the columns that identify a row (for the difference report).
+pub const READ_MODELS: &[(&str, &str)] = &[
+    ("users", "id"),
+    ("conversations", "id"),
+    ("conversation_members", "conversation_id, user_id"),
+    ("messages", "id"),
+    (
+        "receipt_marks",
+        "conversation_id, user_id, delivered_seq, read_seq",
+    ),
+    ("projection_positions", "aggregate_type, aggregate_id"),
+];
+
+/// Columns that record when a row was written, not what it says: left out of comparisons.
+const VOLATILE_COLUMNS: &[&str] = &["updated_at"];
+
+const BATCH: i64 = 5000;
+
+/// One difference between the live and the rebuilt tables.
+#[derive(Debug)]
+pub struct Difference {
+    pub table: &'static str,
+    pub key: String,
+    /// `live` or `rebuilt`: where the row is that the other side lacks (or has otherwise).
+    pub only_in: &'static str,
+    pub row: String,
+}
+
+pub struct Outcome {
+    pub events: u64,
+    pub seconds: f64,
+    pub differences: Vec<Difference>,
+}
+
+/// Rebuilds into a scratch schema; with `verify`, compares and drops it, otherwise switches.
+pub async fn run(
+    pool: &PgPool,
+    verify: bool,
+    progress: &mut impl Write,
+) -> anyhow::Result<Outcome> {
+    let schema = format!("replay_{}", Uuid::now_v7().simple());
+    create_scratch_tables(pool, &schema).await?;
+    let result = rebuild_and_finish(pool, &schema, verify, progress).await;
+    if verify || result.is_err() {
+        sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+            .execute(pool)
+            .await?;
+    }
+    result
+}
+
+async fn rebuild_and_finish(
+    pool: &PgPool,
+    schema: &str,
+    verify: bool,
+    progress: &mut impl Write,
+) -> anyhow::Result<Outcome> {
+    let started = Instant::now();
+    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(pool)
+        .await?;
+    let mut reporter = Progress::new(total, progress);
+    let mut after = 0i64;
+    loop {
+        let mut transaction = pool.begin().await?;
+        let (applied, last) = apply_batch(&mut transaction, schema, after, BATCH).await?;
+        transaction.commit().await?;
+        if applied == 0 {
+            break;
+        }
+        after = last;
+        reporter.advance(applied)?;
+    }
+    if verify {
+        let differences = compare(pool, schema).await?;
+        reporter.finish()?;
+        return Ok(Outcome {
+            events: reporter.done,
+            seconds: started.elapsed().as_secs_f64(),
+            differences,
+        });
+    }
+    // The switch: read models locked (queries and the projector wait a moment), the rest of
+    // the log applied, tables swapped.
+    let mut transaction = pool.begin().await?;
+    let tables: Vec<&str> = READ_MODELS.iter().map(|(table, _)| *table).collect();
+    sqlx::query(&format!(
+        "LOCK TABLE {} IN ACCESS EXCLUSIVE MODE",
+        tables.join(", ")
+    ))
+    .execute(&mut *transaction)
+    .await?;
+    loop {
+        let (applied, last) = apply_batch(&mut transaction, schema, after, BATCH).await?;
+        if applied == 0 {
+            break;
+        }
+        after = last;
+        reporter.advance(applied)?;
+    }
+    let retired = format!("{schema}_retired");
+    sqlx::query(&format!("CREATE SCHEMA {retired}"))
+        .execute(&mut *transaction)
+        .await?;
+    for table in &tables {
+        sqlx::query(&format!("ALTER TABLE public.{table} SET SCHEMA {retired}"))
+            .execute(&mut *transaction)
+            .await?;
+        sqlx::query(&format!("ALTER TABLE {schema}.{table} SET SCHEMA public"))
+            .execute(&mut *transaction)
+            .await?;
+    }
+    sqlx::query(&format!("DROP SCHEMA {retired} CASCADE"))
+        .execute(&mut *transaction)
+        .await?;
+    sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+        .execute(&mut *transaction)
+        .await?;
+    transaction.commit().await?;
+    reporter.finish()?;
+    Ok(Outcome {
+        events: reporter.done,
+        seconds: started.elapsed().as_secs_f64(),
+        differences: Vec::new(),
+    })
+}
+
+async fn create_scratch_tables(pool: &PgPool, schema: &str) -> anyhow::Result<()> {
+    let mut transaction = pool.begin().await?;
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(&mut *transaction)
+        .await?;
+    for (table, _) in READ_MODELS {
+        sqlx::query(&format!(
+            "CREATE TABLE {schema}.{table} (LIKE public.{table} INCLUDING ALL)"
+        ))
+        .execute(&mut *transaction)
+        .await?;
+    }
+    transaction.commit().await?;
+    Ok(())
+}
+
+/// Applies up to `limit` events after `after` (log order) to the scratch tables, with the
+/// projector's view code, and records the stream positions. Returns (count, last position).
+async fn apply_batch(
+    transaction: &mut Transaction<'_, Postgres>,
+    schema: &str,
+    after: i64,
+    limit: i64,
+) -> anyhow::Result<(u64, i64)> {
+    sqlx::query(&format!("SET LOCAL search_path TO {schema}, public"))
+        .execute(&mut **transaction)
+        .await?;
+    let rows: Vec<(i64, sqlx::types::Json<EventMessage>)> = sqlx::query_as(
+        "SELECT log_position, json_build_object(
+                    'aggregate_type', aggregate_type, 'aggregate_id', aggregate_id, 'sequence', sequence,
+                    'event_type', event_type, 'event_version', event_version, 'payload', payload, 'metadata', metadata)
+           FROM public.events WHERE log_position > $1 ORDER BY log_position LIMIT $2",
+    )
+    .bind(after)
+    .bind(limit)
+    .fetch_all(&mut **transaction)
+    .await?;
+    let mut positions: HashMap<(String, String), (i64, i64)> = HashMap::new();
+    let mut last = after;
+    for (position, event) in &rows {
+        projector::views::apply(transaction, &event.0).await?;
+        let entry = positions
+            .entry((event.0.aggregate_type.clone(), event.0.aggregate_id.clone()))
+            .or_insert((0, 0));
+        entry.0 = entry.0.max(event.0.sequence);
+        entry.1 += 1;
+        last = *position;
+    }
+    for ((aggregate_type, aggregate_id), (sequence, count)) in positions {
+        sqlx::query(
+            "INSERT INTO projection_positions (aggregate_type, aggregate_id, last_sequence, applied_count)
+             VALUES ($1, $2, $3, $4)
+             ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE
+                SET last_sequence = EXCLUDED.last_sequence,
+                    applied_count = projection_positions.applied_count + EXCLUDED.applied_count",
+        )
+        .bind(aggregate_type)
+        .bind(aggregate_id)
+        .bind(sequence)
+        .bind(count)
+        .execute(&mut **transaction)
+        .await?;
+    }
+    Ok((rows.len() as u64, last))
+}
+
+/// The first differences between the live read models and the rebuilt ones, by table and key.
+async fn compare(pool: &PgPool, schema: &str) -> anyhow::Result<Vec<Difference>> {
+    let mut differences = Vec::new();
+    for (table, key) in READ_MODELS {
+        let columns: Vec<String> = sqlx::query_scalar(
+            "SELECT column_name::text FROM information_schema.columns
+              WHERE table_schema = 'public' AND table_name = $1 ORDER BY ordinal_position",
+        )
+        .bind(table)
+        .fetch_all(pool)
+        .await?;
+        let columns: Vec<String> = columns
+            .into_iter()
+            .filter(|column| !VOLATILE_COLUMNS.contains(&column.as_str()))
+            .collect();
+        let list = columns.join(", ");
+        for (only_in, left, right) in [("live", "public", schema), ("rebuilt", schema, "public")] {
+            let rows: Vec<(String, String)> = sqlx::query_as(&format!(
+                "SELECT concat_ws(', ', {key})::text, row_to_json(d)::text FROM
+                   (SELECT {list} FROM {left}.{table} EXCEPT SELECT {list} FROM {right}.{table}) d
+                  LIMIT 5"
+            ))
+            .fetch_all(pool)
+            .await?;
+            differences.extend(rows.into_iter().map(|(key, row)| Difference {
+                table,
+                key,
+                only_in,
+                row,
+            }));
+        }
+    }
+    Ok(differences)
+}
+
+/// A progress bar on a terminal, plain lines otherwise.
+struct Progress<'a, W: Write> {
+    total: u64,
+    done: u64,
+    started: Instant,
+    last_line: Instant,
+    terminal: bool,
+    out: &'a mut W,
+}
+
+impl<'a, W: Write> Progress<'a, W> {
+    fn new(total: i64, out: &'a mut W) -> Self {
+        Self {
+            total: u64::try_from(total).unwrap_or(0),
+            done: 0,
+            started: Instant::now(),
+            last_line: Instant::now(),
+            terminal: std::io::stderr().is_terminal(),
+            out,
+        }
+    }
+
+    fn advance(&mut self, events: u64) -> std::io::Result<()> {
+        self.done += events;
+        let seconds = self.started.elapsed().as_secs_f64().max(0.001);
+        let rate = self.done as f64 / seconds;
+        let remaining = self.total.saturating_sub(self.done) as f64 / rate.max(1.0);
+        if self.terminal {
+            let width = 30usize;
+            let filled = if self.total == 0 {
+                width
+            } else {
+                (self.done.min(self.total) as usize * width) / self.total as usize
+            };
+            write!(
+                self.out,
+                "\r[{}{}] {}/{} events, {rate:.0} events/s, ETA {remaining:.0} s ",
+                "#".repeat(filled),
+                " ".repeat(width - filled),
+                self.done,
+                self.total
+            )?;
+        } else if self.last_line.elapsed().as_secs() >= 1 || self.done >= self.total {
+            self.last_line = Instant::now();
+            writeln!(
+                self.out,
+                "replayed {}/{} events ({rate:.0} events/s, ETA {remaining:.0} s)",
+                self.done, self.total
+            )?;
+        }
+        self.out.flush()
+    }
+
+    fn finish(&mut self) -> std::io::Result<()> {
+        let seconds = self.started.elapsed().as_secs_f64();
+        let rate = self.done as f64 / seconds.max(0.001);
+        if self.terminal {
+            writeln!(self.out)?;
+        }
+        writeln!(
+            self.out,
+            "replayed {} events in {seconds:.2} s ({rate:.0} events/s)",
+            self.done
+        )
+    }
+}

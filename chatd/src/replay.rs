@@ -2,7 +2,7 @@
 //! switches to them atomically while live traffic goes on; `--verify` rebuilds into scratch
 //! tables and compares them with the live ones instead.
 //!
-//! The rebuild runs the projector's own view code (`projector::views::apply`) with the
+//! The rebuild runs the projector's own view code (`projector::views::apply_all`) with the
 //! `search_path` pointed at a scratch schema, so the rebuilt tables are what the projector
 //! would have built. The switch locks the live read models for a moment, applies what was
 //! written since the rebuild began, and swaps the tables between schemas in one transaction.
@@ -178,10 +178,11 @@ async fn apply_batch(
     .bind(limit)
     .fetch_all(&mut **transaction)
     .await?;
+    let events: Vec<EventMessage> = rows.iter().map(|(_, event)| event.0.clone()).collect();
+    projector::views::apply_all(transaction, &events).await?;
     let mut positions: HashMap<(String, String), (i64, i64)> = HashMap::new();
     let mut last = after;
     for (position, event) in &rows {
-        projector::views::apply(transaction, &event.0).await?;
         let entry = positions
             .entry((event.0.aggregate_type.clone(), event.0.aggregate_id.clone()))
             .or_insert((0, 0));

@@ -391,3 +391,121 @@ async fn advance_timeline(
     .await?;
     Ok(())
 }
+
+/// Applies `events` in order, like [`apply`] one by one, but writes each run of consecutive
+/// `MessageSent` events with three statements instead of three per message (for rebuilds).
+/// Every write a `MessageSent` makes is an insert or a monotonic maximum, so a run applied
+/// together leaves the same rows as one applied event by event.
+pub async fn apply_all(
+    transaction: &mut Transaction<'_, Postgres>,
+    events: &[EventMessage],
+) -> anyhow::Result<()> {
+    let mut run: Vec<(Uuid, ConversationEvent)> = Vec::new();
+    for message in events {
+        if message.aggregate_type == Conversation::TYPE && message.event_type == "MessageSent" {
+            let payload = domain::upcasting::upcast_payload(
+                &message.aggregate_type,
+                &message.event_type,
+                &message.event_version,
+                message.payload.clone(),
+            );
+            run.push((
+                message.aggregate_id.parse()?,
+                serde_json::from_value(payload)?,
+            ));
+            continue;
+        }
+        insert_sent_messages(transaction, &run).await?;
+        run.clear();
+        apply(transaction, message).await?;
+    }
+    insert_sent_messages(transaction, &run).await
+}
+
+async fn insert_sent_messages(
+    transaction: &mut Transaction<'_, Postgres>,
+    run: &[(Uuid, ConversationEvent)],
+) -> anyhow::Result<()> {
+    if run.is_empty() {
+        return Ok(());
+    }
+    let mut ids = Vec::with_capacity(run.len());
+    let mut conversations = Vec::with_capacity(run.len());
+    let mut seqs = Vec::with_capacity(run.len());
+    let mut senders = Vec::with_capacity(run.len());
+    let mut kinds = Vec::with_capacity(run.len());
+    let mut bodies: Vec<Option<String>> = Vec::with_capacity(run.len());
+    let mut attachments = Vec::with_capacity(run.len());
+    let mut replies: Vec<Option<Uuid>> = Vec::with_capacity(run.len());
+    let mut times = Vec::with_capacity(run.len());
+    for (conversation_id, event) in run {
+        let ConversationEvent::MessageSent {
+            message_id,
+            seq,
+            sender_id,
+            body,
+            attachment_ids,
+            reply_to_id,
+            at,
+            ..
+        } = event
+        else {
+            continue;
+        };
+        ids.push(message_id.as_uuid());
+        conversations.push(*conversation_id);
+        seqs.push(*seq);
+        senders.push(sender_id.as_uuid());
+        kinds.push(
+            domain::conversation::sent_message_kind(body.as_ref(), attachment_ids).to_owned(),
+        );
+        bodies.push(body.as_ref().map(|body| body.as_str().to_owned()));
+        let list: Vec<String> = attachment_ids.iter().map(Uuid::to_string).collect();
+        attachments.push(format!("{{{}}}", list.join(",")));
+        replies.push(reply_to_id.map(|id| id.as_uuid()));
+        times.push(*at);
+    }
+    sqlx::query(
+        "INSERT INTO messages (id, conversation_id, seq, sender_id, kind, body, attachment_ids, reply_to_id, created_at)
+         SELECT id, conversation_id, seq, sender_id, kind, body, attachments::uuid[], reply_to_id, created_at
+           FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::uuid[], $5::text[], $6::text[], $7::text[], $8::uuid[], $9::timestamptz[])
+             AS m(id, conversation_id, seq, sender_id, kind, body, attachments, reply_to_id, created_at)",
+    )
+    .bind(&ids)
+    .bind(&conversations)
+    .bind(&seqs)
+    .bind(&senders)
+    .bind(&kinds)
+    .bind(&bodies)
+    .bind(&attachments)
+    .bind(&replies)
+    .bind(&times)
+    .execute(&mut **transaction)
+    .await?;
+    sqlx::query(
+        "UPDATE conversations c SET last_seq = GREATEST(c.last_seq, v.seq), last_activity_at = GREATEST(c.last_activity_at, v.at)
+           FROM (SELECT conversation_id, max(seq) AS seq, max(at) AS at
+                   FROM unnest($1::uuid[], $2::bigint[], $3::timestamptz[]) AS t(conversation_id, seq, at)
+                  GROUP BY conversation_id) v
+          WHERE c.id = v.conversation_id",
+    )
+    .bind(&conversations)
+    .bind(&seqs)
+    .bind(&times)
+    .execute(&mut **transaction)
+    .await?;
+    sqlx::query(
+        "UPDATE conversation_members m
+            SET delivered_seq = GREATEST(m.delivered_seq, v.seq), read_seq = GREATEST(m.read_seq, v.seq)
+           FROM (SELECT conversation_id, sender_id, max(seq) AS seq
+                   FROM unnest($1::uuid[], $2::uuid[], $3::bigint[]) AS t(conversation_id, sender_id, seq)
+                  GROUP BY conversation_id, sender_id) v
+          WHERE m.conversation_id = v.conversation_id AND m.user_id = v.sender_id",
+    )
+    .bind(&conversations)
+    .bind(&senders)
+    .bind(&seqs)
+    .execute(&mut **transaction)
+    .await?;
+    Ok(())
+}

@@ -190,21 +190,30 @@ async fn apply_batch(
         entry.1 += 1;
         last = *position;
     }
+    // One statement for every stream the batch touched.
+    let mut types = Vec::with_capacity(positions.len());
+    let mut ids = Vec::with_capacity(positions.len());
+    let mut sequences = Vec::with_capacity(positions.len());
+    let mut counts = Vec::with_capacity(positions.len());
     for ((aggregate_type, aggregate_id), (sequence, count)) in positions {
-        sqlx::query(
-            "INSERT INTO projection_positions (aggregate_type, aggregate_id, last_sequence, applied_count)
-             VALUES ($1, $2, $3, $4)
-             ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE
-                SET last_sequence = EXCLUDED.last_sequence,
-                    applied_count = projection_positions.applied_count + EXCLUDED.applied_count",
-        )
-        .bind(aggregate_type)
-        .bind(aggregate_id)
-        .bind(sequence)
-        .bind(count)
-        .execute(&mut **transaction)
-        .await?;
+        types.push(aggregate_type);
+        ids.push(aggregate_id);
+        sequences.push(sequence);
+        counts.push(count);
     }
+    sqlx::query(
+        "INSERT INTO projection_positions (aggregate_type, aggregate_id, last_sequence, applied_count)
+         SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[])
+         ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE
+            SET last_sequence = EXCLUDED.last_sequence,
+                applied_count = projection_positions.applied_count + EXCLUDED.applied_count",
+    )
+    .bind(&types)
+    .bind(&ids)
+    .bind(&sequences)
+    .bind(&counts)
+    .execute(&mut **transaction)
+    .await?;
     Ok((rows.len() as u64, last))
 }
 

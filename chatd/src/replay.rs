@@ -30,7 +30,15 @@ pub const READ_MODELS: &[(&str, &str)] = &[
 /// Columns that record when a row was written, not what it says: left out of comparisons.
 const VOLATILE_COLUMNS: &[&str] = &["updated_at"];
 
-const BATCH: i64 = 5000;
+const BATCH: i64 = 20_000;
+
+/// An event with its place in the log.
+#[derive(sqlx::FromRow)]
+struct PositionedEvent {
+    log_position: i64,
+    #[sqlx(flatten)]
+    event: EventMessage,
+}
 
 /// One difference between the live and the rebuilt tables.
 #[derive(Debug)]
@@ -168,27 +176,25 @@ async fn apply_batch(
     sqlx::query(&format!("SET LOCAL search_path TO {schema}, public"))
         .execute(&mut **transaction)
         .await?;
-    let rows: Vec<(i64, sqlx::types::Json<EventMessage>)> = sqlx::query_as(
-        "SELECT log_position, json_build_object(
-                    'aggregate_type', aggregate_type, 'aggregate_id', aggregate_id, 'sequence', sequence,
-                    'event_type', event_type, 'event_version', event_version, 'payload', payload, 'metadata', metadata)
+    let rows: Vec<PositionedEvent> = sqlx::query_as(
+        "SELECT log_position, aggregate_type, aggregate_id, sequence, event_type, event_version,
+                payload::jsonb AS payload, metadata::jsonb AS metadata
            FROM public.events WHERE log_position > $1 ORDER BY log_position LIMIT $2",
     )
     .bind(after)
     .bind(limit)
     .fetch_all(&mut **transaction)
     .await?;
-    let events: Vec<EventMessage> = rows.iter().map(|(_, event)| event.0.clone()).collect();
+    let last = rows.last().map_or(after, |row| row.log_position);
+    let events: Vec<EventMessage> = rows.into_iter().map(|row| row.event).collect();
     projector::views::apply_all(transaction, &events).await?;
     let mut positions: HashMap<(String, String), (i64, i64)> = HashMap::new();
-    let mut last = after;
-    for (position, event) in &rows {
+    for event in &events {
         let entry = positions
-            .entry((event.0.aggregate_type.clone(), event.0.aggregate_id.clone()))
+            .entry((event.aggregate_type.clone(), event.aggregate_id.clone()))
             .or_insert((0, 0));
-        entry.0 = entry.0.max(event.0.sequence);
+        entry.0 = entry.0.max(event.sequence);
         entry.1 += 1;
-        last = *position;
     }
     // One statement for every stream the batch touched.
     let mut types = Vec::with_capacity(positions.len());
@@ -214,7 +220,7 @@ async fn apply_batch(
     .bind(&counts)
     .execute(&mut **transaction)
     .await?;
-    Ok((rows.len() as u64, last))
+    Ok((events.len() as u64, last))
 }
 
 /// The first differences between the live read models and the rebuilt ones, by table and key.

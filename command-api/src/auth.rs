@@ -389,11 +389,7 @@ pub async fn logout(
         &metadata(Some(user_id), &request_id),
     )
     .await?;
-    Ok((
-        StatusCode::NO_CONTENT,
-        [consistency::header(&committed.position)],
-    )
-        .into_response())
+    Ok(consistency::no_content(&committed.position))
 }
 
 /// The metadata of the events one request causes.

@@ -262,11 +262,7 @@ pub async fn remove_member(
         at: metadata.recorded_at,
     };
     let committed = execute(&state, conversation_id, command, &metadata).await?;
-    Ok((
-        StatusCode::NO_CONTENT,
-        [consistency::header(&committed.position)],
-    )
-        .into_response())
+    Ok(consistency::no_content(&committed.position))
 }
 
 /// POST /api/v1/conversations/{id}/messages
@@ -456,11 +452,7 @@ pub async fn delete_message(
         at: metadata.recorded_at,
     };
     let committed = execute(&state, conversation_id, command, &metadata).await?;
-    Ok((
-        StatusCode::NO_CONTENT,
-        [consistency::header(&committed.position)],
-    )
-        .into_response())
+    Ok(consistency::no_content(&committed.position))
 }
 
 /// POST /api/v1/conversations/{id}/receipts
@@ -482,7 +474,7 @@ pub async fn move_receipts(
         request,
     )
     .await?;
-    Ok((StatusCode::NO_CONTENT, [consistency::header(&position)]).into_response())
+    Ok(consistency::no_content(&position))
 }
 
 /// Moves the caller's watermarks (REST and WebSocket alike).

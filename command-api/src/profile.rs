@@ -186,9 +186,5 @@ pub async fn change_password(
         at: metadata.recorded_at,
     };
     let committed = execute(&state, user_id, command, &metadata).await?;
-    Ok((
-        StatusCode::NO_CONTENT,
-        [consistency::header(&committed.position)],
-    )
-        .into_response())
+    Ok(consistency::no_content(&committed.position))
 }

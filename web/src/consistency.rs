@@ -48,6 +48,12 @@ pub fn header(position: &StreamPosition) -> (axum::http::HeaderName, HeaderValue
     )
 }
 
+/// 204 No Content for a command, with its consistency token.
+pub fn no_content(position: &StreamPosition) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    (axum::http::StatusCode::NO_CONTENT, [header(position)]).into_response()
+}
+
 /// Waits for the read models to include the write named by the request's consistency token,
 /// if it sent one. A token that does not parse is a 400.
 pub async fn wait_for_request_token(pool: &PgPool, headers: &HeaderMap) -> Result<(), ApiError> {

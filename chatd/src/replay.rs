@@ -95,6 +95,7 @@ async fn rebuild_and_finish(
         after = last;
         reporter.advance(applied)?;
     }
+    finish_scratch_tables(pool, schema).await?;
     if verify {
         let differences = compare(pool, schema).await?;
         reporter.finish()?;
@@ -149,6 +150,9 @@ async fn rebuild_and_finish(
     })
 }
 
+/// Creates the scratch tables with the live tables' columns and primary keys only: the
+/// other indexes and constraints are built once the rows are in ([`finish_scratch_tables`]),
+/// which is much cheaper than maintaining them row by row.
 async fn create_scratch_tables(pool: &PgPool, schema: &str) -> anyhow::Result<()> {
     let mut transaction = pool.begin().await?;
     sqlx::query(&format!("CREATE SCHEMA {schema}"))
@@ -156,13 +160,74 @@ async fn create_scratch_tables(pool: &PgPool, schema: &str) -> anyhow::Result<()
         .await?;
     for (table, _) in READ_MODELS {
         sqlx::query(&format!(
-            "CREATE TABLE {schema}.{table} (LIKE public.{table} INCLUDING ALL)"
+            "CREATE TABLE {schema}.{table} (LIKE public.{table} INCLUDING ALL EXCLUDING INDEXES)"
         ))
         .execute(&mut *transaction)
         .await?;
+        for (name, definition) in constraints(&mut transaction, table, &["p"]).await? {
+            sqlx::query(&format!(
+                "ALTER TABLE {schema}.{table} ADD CONSTRAINT {name} {definition}"
+            ))
+            .execute(&mut *transaction)
+            .await?;
+        }
     }
     transaction.commit().await?;
     Ok(())
+}
+
+/// Adds the live tables' unique and foreign-key constraints and their other indexes to the
+/// scratch tables, so that what is switched in is the same shape as what it replaces.
+async fn finish_scratch_tables(pool: &PgPool, schema: &str) -> anyhow::Result<()> {
+    let mut transaction = pool.begin().await?;
+    // Foreign keys name their tables unqualified: resolve them among the scratch tables.
+    sqlx::query(&format!("SET LOCAL search_path TO {schema}, public"))
+        .execute(&mut *transaction)
+        .await?;
+    for (table, _) in READ_MODELS {
+        for (name, definition) in constraints(&mut transaction, table, &["u", "f"]).await? {
+            sqlx::query(&format!(
+                "ALTER TABLE {schema}.{table} ADD CONSTRAINT {name} {definition}"
+            ))
+            .execute(&mut *transaction)
+            .await?;
+        }
+        let indexes: Vec<String> = sqlx::query_scalar(
+            "SELECT i.indexdef FROM pg_indexes i
+              WHERE i.schemaname = 'public' AND i.tablename = $1
+                AND NOT EXISTS (SELECT 1 FROM pg_constraint c
+                                 WHERE c.conrelid = ('public.' || $1)::regclass
+                                   AND c.conindid = ('public.' || quote_ident(i.indexname))::regclass)",
+        )
+        .bind(table)
+        .fetch_all(&mut *transaction)
+        .await?;
+        for definition in indexes {
+            let definition = definition.replacen(" ON public.", &format!(" ON {schema}."), 1);
+            sqlx::query(&definition).execute(&mut *transaction).await?;
+        }
+    }
+    transaction.commit().await?;
+    Ok(())
+}
+
+/// The live table's constraints of the given kinds (`p`rimary, `u`nique, `f`oreign), as
+/// (name, definition).
+async fn constraints(
+    transaction: &mut Transaction<'_, Postgres>,
+    table: &str,
+    kinds: &[&str],
+) -> anyhow::Result<Vec<(String, String)>> {
+    let kinds: Vec<String> = kinds.iter().map(|kind| (*kind).to_owned()).collect();
+    Ok(sqlx::query_as(
+        "SELECT conname::text, pg_get_constraintdef(oid) FROM pg_constraint
+          WHERE conrelid = ('public.' || $1)::regclass AND contype::text = ANY($2)
+          ORDER BY conname",
+    )
+    .bind(table)
+    .bind(&kinds)
+    .fetch_all(&mut **transaction)
+    .await?)
 }
 
 /// Applies up to `limit` events after `after` (log order) to the scratch tables, with the

@@ -465,7 +465,30 @@ async fn replay_verifies_repairs_and_switches_while_the_app_runs() {
         "{report}"
     );
 
-    // The rebuild and switch repairs it, and the app keeps working on the new tables.
+    // The rebuild and switch repairs it, and the app keeps working on the new tables, which
+    // have every index and constraint the old ones had.
+    let shape = || async {
+        let indexes: Vec<String> = sqlx::query_scalar(
+            "SELECT tablename || ': ' || regexp_replace(indexdef, 'ON \\S+\\.', 'ON ') FROM pg_indexes
+              WHERE schemaname = 'public' AND tablename IN ('users', 'conversations', 'conversation_members', 'messages', 'receipt_marks', 'projection_positions')
+              ORDER BY 1",
+        )
+        .fetch_all(&app.pool)
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+        let constraints: Vec<String> = sqlx::query_scalar(
+            "SELECT conrelid::regclass::text || ': ' || conname || ' ' || pg_get_constraintdef(oid) FROM pg_constraint
+              WHERE connamespace = 'public'::regnamespace
+                AND conrelid::regclass::text IN ('users', 'conversations', 'conversation_members', 'messages', 'receipt_marks', 'projection_positions')
+              ORDER BY 1",
+        )
+        .fetch_all(&app.pool)
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+        (indexes, constraints)
+    };
+    let before = shape().await;
+    assert!(before.0.len() >= 10 && before.1.len() >= 8, "{before:?}");
     let replay = chatd(&app, &["replay"]);
     assert!(
         replay.status.success(),

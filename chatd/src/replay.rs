@@ -180,17 +180,15 @@ async fn create_scratch_tables(pool: &PgPool, schema: &str) -> anyhow::Result<()
 /// scratch tables, so that what is switched in is the same shape as what it replaces.
 async fn finish_scratch_tables(pool: &PgPool, schema: &str) -> anyhow::Result<()> {
     let mut transaction = pool.begin().await?;
-    // Foreign keys name their tables unqualified: resolve them among the scratch tables.
-    sqlx::query(&format!("SET LOCAL search_path TO {schema}, public"))
-        .execute(&mut *transaction)
-        .await?;
+    // Definitions are read with the default search path, so they name the tables they refer
+    // to unqualified; they are then run with the scratch schema first, so a foreign key
+    // refers to the scratch table, not the live one.
+    let mut statements = Vec::new();
     for (table, _) in READ_MODELS {
         for (name, definition) in constraints(&mut transaction, table, &["u", "f"]).await? {
-            sqlx::query(&format!(
+            statements.push(format!(
                 "ALTER TABLE {schema}.{table} ADD CONSTRAINT {name} {definition}"
-            ))
-            .execute(&mut *transaction)
-            .await?;
+            ));
         }
         let indexes: Vec<String> = sqlx::query_scalar(
             "SELECT i.indexdef FROM pg_indexes i
@@ -202,10 +200,17 @@ async fn finish_scratch_tables(pool: &PgPool, schema: &str) -> anyhow::Result<()
         .bind(table)
         .fetch_all(&mut *transaction)
         .await?;
-        for definition in indexes {
-            let definition = definition.replacen(" ON public.", &format!(" ON {schema}."), 1);
-            sqlx::query(&definition).execute(&mut *transaction).await?;
-        }
+        statements.extend(
+            indexes
+                .into_iter()
+                .map(|definition| definition.replacen(" ON public.", &format!(" ON {schema}."), 1)),
+        );
+    }
+    sqlx::query(&format!("SET LOCAL search_path TO {schema}, public"))
+        .execute(&mut *transaction)
+        .await?;
+    for statement in statements {
+        sqlx::query(&statement).execute(&mut *transaction).await?;
     }
     transaction.commit().await?;
     Ok(())

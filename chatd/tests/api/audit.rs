@@ -489,6 +489,14 @@ async fn replay_verifies_repairs_and_switches_while_the_app_runs() {
     };
     let before = shape().await;
     assert!(before.0.len() >= 10 && before.1.len() >= 8, "{before:?}");
+    assert!(
+        before
+            .1
+            .iter()
+            .any(|constraint| constraint.starts_with("conversation_members:")
+                && constraint.contains("FOREIGN KEY")),
+        "{before:?}"
+    );
     let replay = chatd(&app, &["replay"]);
     assert!(
         replay.status.success(),

@@ -85,13 +85,18 @@ async fn rebuild_and_finish(
         .await?;
     let mut reporter = Progress::new(total, progress);
     let mut after = 0i64;
+    // The next batch is read on another connection while this one is written: reading and
+    // writing each keep one core busy.
+    let mut next = tokio::spawn(read_batch(pool.clone(), after, BATCH));
     loop {
-        let mut transaction = pool.begin().await?;
-        let (applied, last) = apply_batch(&mut transaction, schema, after, BATCH).await?;
-        transaction.commit().await?;
-        if applied == 0 {
+        let events = next.await??;
+        let Some(last) = events.last().map(|row| row.log_position) else {
             break;
-        }
+        };
+        next = tokio::spawn(read_batch(pool.clone(), last, BATCH));
+        let mut transaction = pool.begin().await?;
+        let applied = write_batch(&mut transaction, schema, events).await?;
+        transaction.commit().await?;
         after = last;
         reporter.advance(applied)?;
     }
@@ -243,19 +248,43 @@ async fn apply_batch(
     after: i64,
     limit: i64,
 ) -> anyhow::Result<(u64, i64)> {
-    sqlx::query(&format!("SET LOCAL search_path TO {schema}, public"))
-        .execute(&mut **transaction)
-        .await?;
-    let rows: Vec<PositionedEvent> = sqlx::query_as(
+    let rows = read_events(&mut **transaction, after, limit).await?;
+    let last = rows.last().map_or(after, |row| row.log_position);
+    let applied = write_batch(transaction, schema, rows).await?;
+    Ok((applied, last))
+}
+
+/// Up to `limit` events after `after`, in log order.
+async fn read_events(
+    executor: impl sqlx::PgExecutor<'_>,
+    after: i64,
+    limit: i64,
+) -> sqlx::Result<Vec<PositionedEvent>> {
+    sqlx::query_as(
         "SELECT log_position, aggregate_type, aggregate_id, sequence, event_type, event_version,
                 payload::jsonb AS payload, metadata::jsonb AS metadata
            FROM public.events WHERE log_position > $1 ORDER BY log_position LIMIT $2",
     )
     .bind(after)
     .bind(limit)
-    .fetch_all(&mut **transaction)
-    .await?;
-    let last = rows.last().map_or(after, |row| row.log_position);
+    .fetch_all(executor)
+    .await
+}
+
+async fn read_batch(pool: PgPool, after: i64, limit: i64) -> sqlx::Result<Vec<PositionedEvent>> {
+    read_events(&pool, after, limit).await
+}
+
+/// Applies `rows` to the scratch tables with the projector's view code and records the
+/// stream positions; returns how many were applied.
+async fn write_batch(
+    transaction: &mut Transaction<'_, Postgres>,
+    schema: &str,
+    rows: Vec<PositionedEvent>,
+) -> anyhow::Result<u64> {
+    sqlx::query(&format!("SET LOCAL search_path TO {schema}, public"))
+        .execute(&mut **transaction)
+        .await?;
     let events: Vec<EventMessage> = rows.into_iter().map(|row| row.event).collect();
     projector::views::apply_all(transaction, &events).await?;
     let mut positions: HashMap<(String, String), (i64, i64)> = HashMap::new();
@@ -290,7 +319,7 @@ async fn apply_batch(
     .bind(&counts)
     .execute(&mut **transaction)
     .await?;
-    Ok((events.len() as u64, last))
+    Ok(events.len() as u64)
 }
 
 /// The first differences between the live read models and the rebuilt ones, by table and key.

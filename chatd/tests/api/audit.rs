@@ -372,11 +372,17 @@ async fn replay_verifies_repairs_and_switches_while_the_app_runs() {
     let id = group["id"].as_str().unwrap_or_default().to_owned();
     let mut message_ids = Vec::new();
     for index in 0..5 {
+        // One body with the characters a bulk load must escape.
+        let body = if index == 4 {
+            "tab\there\nnew line \\ backslash \\N".to_owned()
+        } else {
+            format!("m{index}")
+        };
         let message = json_body(
             app.post(
                 &format!("/api/v1/conversations/{id}/messages"),
                 Some(&alice.access_token),
-                &json!({"body": format!("m{index}")}),
+                &json!({"body": body}),
             )
             .await,
         )

@@ -71,6 +71,8 @@ pub struct Consumer<H: Handler> {
     links: Option<Links>,
     /// Deliveries handled since start (for `crash_after`).
     handled: usize,
+    /// Set by [`Consumer::run`]: a batch being retried gives up when it fires.
+    stopping: CancellationToken,
 }
 
 struct Links {
@@ -103,6 +105,7 @@ impl<H: Handler> Consumer<H> {
             handler,
             links: None,
             handled: 0,
+            stopping: CancellationToken::new(),
         }
     }
 
@@ -143,24 +146,23 @@ impl<H: Handler> Consumer<H> {
             }
         }
 
-        let mut transaction = self.pool.begin().await?;
-        let mut outcomes = Vec::with_capacity(deliveries.len());
-        let mut outputs = Vec::new();
-        for delivery in &deliveries {
-            let outcome = match serde_json::from_slice::<EventMessage>(&delivery.data) {
+        // A failure here is the database or a downstream store being away, not the events:
+        // the batch is tried again, its deliveries held unacked, so an outage never counts
+        // against a message's delivery limit (which is for poison messages).
+        let mut backoff = Backoff::default();
+        let outcomes = loop {
+            match self.apply_and_commit(&deliveries).await {
+                Ok(outcomes) => break outcomes,
+                Err(error) if self.stopping.is_cancelled() => return Err(error),
                 Err(error) => {
-                    tracing::error!(%error, "unreadable event message; dead-lettering it");
-                    Outcome::Unreadable
+                    tracing::warn!(consumer = self.handler.name(), error = %format!("{error:#}"), "batch failed; retrying it");
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff.next_pause()) => {}
+                        () = self.stopping.cancelled() => {}
+                    }
                 }
-                Ok(message) => {
-                    apply_in_savepoint(&self.handler, &mut transaction, &message, &mut outputs)
-                        .await?
-                }
-            };
-            outcomes.push(outcome);
-        }
-        self.handler.before_commit(outputs).await?;
-        transaction.commit().await?;
+            }
+        };
 
         let applied = outcomes
             .iter()
@@ -196,6 +198,33 @@ impl<H: Handler> Consumer<H> {
         }
         metrics::counter!("chat_projector_applied_total").increment(applied as u64);
         Ok(Processed::Events(deliveries.len()))
+    }
+
+    /// Applies a batch in one transaction (a savepoint per event), runs the handler's
+    /// pre-commit step, and commits.
+    async fn apply_and_commit(
+        &self,
+        deliveries: &[lapin::message::Delivery],
+    ) -> anyhow::Result<Vec<Outcome>> {
+        let mut transaction = self.pool.begin().await?;
+        let mut outcomes = Vec::with_capacity(deliveries.len());
+        let mut outputs = Vec::new();
+        for delivery in deliveries {
+            let outcome = match serde_json::from_slice::<EventMessage>(&delivery.data) {
+                Err(error) => {
+                    tracing::error!(%error, "unreadable event message; dead-lettering it");
+                    Outcome::Unreadable
+                }
+                Ok(message) => {
+                    apply_in_savepoint(&self.handler, &mut transaction, &message, &mut outputs)
+                        .await?
+                }
+            };
+            outcomes.push(outcome);
+        }
+        self.handler.before_commit(outputs).await?;
+        transaction.commit().await?;
+        Ok(outcomes)
     }
 
     async fn open_links(&self) -> anyhow::Result<Links> {
@@ -234,6 +263,7 @@ impl<H: Handler> Consumer<H> {
     /// Projects until `shutdown`, reconnecting with backoff. On shutdown the batch in hand is
     /// finished and acked before returning.
     pub async fn run(mut self, shutdown: CancellationToken) {
+        self.stopping = shutdown.clone();
         let mut backoff = Backoff::default();
         let mut last_metrics = tokio::time::Instant::now();
         while !shutdown.is_cancelled() {

@@ -19,6 +19,7 @@ use crate::helpers::{
     PASSWORD, TestApp, eventually, fresh_settings, header, spawn_app, spawn_app_behind_proxies,
     spawn_app_with,
 };
+use crate::proxy::Proxy;
 
 /// HTTP on, relay and projector off: the test drives them.
 const HTTP_ONLY: Roles = Roles {
@@ -362,4 +363,72 @@ async fn every_link_reconnects_after_it_is_cut() {
     })
     .await;
     assert!(caught_up, "the read model did not catch up after the cut");
+}
+
+#[tokio::test]
+async fn a_database_outage_holds_the_batch_and_dead_letters_nothing() {
+    let app = spawn_app_with(fresh_settings(), HTTP_ONLY).await;
+    for index in 0..3 {
+        app.register(&format!("outage{index}")).await;
+    }
+    assert_eq!(drain_relay(&mut relay(&app, None)).await, 6);
+    // The projector reaches Postgres through a proxy that goes down before its first batch.
+    let postgres = Proxy::start("127.0.0.1:5432").await;
+    let database = app
+        .settings
+        .database_url
+        .rsplit_once('/')
+        .map(|(_, name)| name.to_owned())
+        .unwrap_or_default();
+    let pool = store::connect(
+        &format!("postgres://postgres@{}/{database}", postgres.address),
+        4,
+    )
+    .await
+    .unwrap_or_else(|error| panic!("{error:#}"));
+    let mut projector = Projector::new(
+        pool,
+        ProjectorOptions {
+            amqp_url: app.settings.amqp_url.clone(),
+            topology: Topology::new(&app.settings.namespace),
+            batch_size: 10,
+            crash_after: None,
+        },
+    );
+    postgres.go_down();
+    let batch = tokio::spawn(async move {
+        let outcome = projector.process_next_batch(Duration::from_secs(5)).await;
+        (projector, outcome.map_err(|error| format!("{error:#}")))
+    });
+    // Longer than five redeliveries would take if each failure gave the messages back.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    postgres.restore();
+    let (mut projector, outcome) = tokio::time::timeout(Duration::from_secs(30), batch)
+        .await
+        .unwrap_or_else(|_| panic!("the batch never completed"))
+        .unwrap_or_else(|error| panic!("{error}"));
+    assert!(matches!(outcome, Ok(Processed::Events(_))), "{outcome:?}");
+    while let Ok(Processed::Events(_)) = projector
+        .process_next_batch(Duration::from_millis(500))
+        .await
+    {}
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap_or_default();
+    assert_eq!(applied, 3);
+    let connection = bus::connect(&app.settings.amqp_url, "test-dlq")
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    let channel = connection
+        .create_channel()
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    let dead = Topology::queue_depth(
+        &channel,
+        &Topology::new(&app.settings.namespace).projector_dead_letter_queue(),
+    )
+    .await
+    .unwrap_or(99);
+    assert_eq!(dead, 0, "an outage must not dead-letter events");
 }

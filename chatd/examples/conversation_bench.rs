@@ -18,9 +18,8 @@ use domain::{ConversationId, MessageId, UserId};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use store::AggregateStore;
-use uuid::Uuid;
 
-const POSTGRES: &str = "postgres://postgres@127.0.0.1:5432";
+mod scratch;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -29,13 +28,9 @@ async fn main() -> anyhow::Result<()> {
         .map(|text| text.parse())
         .transpose()?
         .unwrap_or(100_000);
-    let database_url = format!("{POSTGRES}/chat_bench_{}", Uuid::now_v7().simple());
-    store::create_database_if_missing(&database_url).await?;
-    let pool = store::connect(&database_url, 4).await?;
-    store::migrate(&pool).await?;
+    let (database_url, pool) = scratch::database().await?;
     let result = run(&pool, messages).await;
-    pool.close().await;
-    drop_database(&database_url).await;
+    scratch::drop(&database_url, pool).await;
     result
 }
 
@@ -125,16 +120,4 @@ fn percentile(samples: &mut [Duration], quantile: f64) -> f64 {
     samples
         .get(index)
         .map_or(0.0, |duration| duration.as_secs_f64() * 1000.0)
-}
-
-async fn drop_database(database_url: &str) {
-    use sqlx::Connection;
-    if let Some((_, name)) = database_url.rsplit_once('/')
-        && let Ok(mut connection) =
-            sqlx::PgConnection::connect(&format!("{POSTGRES}/postgres")).await
-    {
-        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-            .execute(&mut connection)
-            .await;
-    }
 }

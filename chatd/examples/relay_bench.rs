@@ -11,7 +11,7 @@ use bus::{OutboxRelay, Processed, RelayOptions, Topology};
 use std::time::Instant;
 use uuid::Uuid;
 
-const POSTGRES: &str = "postgres://postgres@127.0.0.1:5432";
+mod scratch;
 const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 #[tokio::main]
@@ -27,18 +27,16 @@ async fn main() -> anyhow::Result<()> {
         .map(|text| text.parse())
         .transpose()?
         .unwrap_or(500);
-    let id = Uuid::now_v7().simple().to_string();
-    let database_url = format!("{POSTGRES}/chat_bench_{id}");
-    let namespace = format!("bench_{id}");
+    let namespace = format!("bench_{}", Uuid::now_v7().simple());
     let topology = Topology::new(&namespace);
-
-    store::create_database_if_missing(&database_url).await?;
-    let pool = store::connect(&database_url, 4).await?;
-    store::migrate(&pool).await?;
+    let (database_url, pool) = scratch::database().await?;
     let result = run(&pool, &database_url, &topology, events, batch_size).await;
-
-    pool.close().await;
-    cleanup(&database_url, &topology).await;
+    if let Ok(connection) = bus::connect(AMQP, "bench-cleanup").await
+        && let Ok(channel) = connection.create_channel().await
+    {
+        let _ = topology.delete(&channel).await;
+    }
+    scratch::drop(&database_url, pool).await;
     result
 }
 
@@ -95,31 +93,4 @@ async fn run(
         "published {published} of {events}"
     );
     Ok(())
-}
-
-async fn cleanup(database_url: &str, topology: &Topology) {
-    use sqlx::Connection;
-    if let Ok(connection) = bus::connect(AMQP, "bench-cleanup").await
-        && let Ok(channel) = connection.create_channel().await
-    {
-        for queue in [
-            topology.projector_queue(),
-            topology.projector_dead_letter_queue(),
-        ] {
-            let _ = channel.queue_delete(queue.into(), Default::default()).await;
-        }
-        for exchange in [topology.events_exchange(), topology.dead_letter_exchange()] {
-            let _ = channel
-                .exchange_delete(exchange.into(), Default::default())
-                .await;
-        }
-    }
-    if let Some((_, name)) = database_url.rsplit_once('/')
-        && let Ok(mut connection) =
-            sqlx::PgConnection::connect(&format!("{POSTGRES}/postgres")).await
-    {
-        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-            .execute(&mut connection)
-            .await;
-    }
 }

@@ -9,9 +9,8 @@
 //! Needs the local Postgres; creates and drops its own database.
 
 use std::time::Instant;
-use uuid::Uuid;
 
-const POSTGRES: &str = "postgres://postgres@127.0.0.1:5432";
+mod scratch;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -20,13 +19,9 @@ async fn main() -> anyhow::Result<()> {
         .map(|text| text.parse())
         .transpose()?
         .unwrap_or(1_000_000);
-    let database_url = format!("{POSTGRES}/chat_bench_{}", Uuid::now_v7().simple());
-    store::create_database_if_missing(&database_url).await?;
-    let pool = store::connect(&database_url, 4).await?;
-    store::migrate(&pool).await?;
+    let (database_url, pool) = scratch::database().await?;
     let result = run(&pool, events).await;
-    pool.close().await;
-    drop_database(&database_url).await;
+    scratch::drop(&database_url, pool).await;
     result
 }
 
@@ -81,16 +76,4 @@ async fn run(pool: &sqlx::PgPool, events: i64) -> anyhow::Result<()> {
         outcome.differences.len()
     );
     Ok(())
-}
-
-async fn drop_database(database_url: &str) {
-    use sqlx::Connection;
-    if let Some((_, name)) = database_url.rsplit_once('/')
-        && let Ok(mut connection) =
-            sqlx::PgConnection::connect(&format!("{POSTGRES}/postgres")).await
-    {
-        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-            .execute(&mut connection)
-            .await;
-    }
 }

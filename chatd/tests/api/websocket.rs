@@ -245,17 +245,7 @@ async fn frames_over_64_kib_close_the_socket_with_1009() {
     assert_eq!(next_frame(&mut socket).await["type"], "ready");
     let huge = json!({"type": "ping", "ref": "x".repeat(70 * 1024)});
     let _ = socket.send(Message::Text(huge.to_string().into())).await;
-    let closed = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            match socket.next().await {
-                Some(Ok(Message::Close(frame))) => return frame.map(|frame| u16::from(frame.code)),
-                Some(Ok(_)) => continue,
-                Some(Err(_)) | None => return None,
-            }
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("the socket stayed open"));
+    let closed = close_code(&mut socket, Duration::from_secs(5)).await;
     assert_eq!(closed, Some(1009));
 }
 
@@ -974,17 +964,7 @@ async fn a_connection_that_cannot_keep_up_is_closed_with_4008_and_resumes() {
         assert_eq!(response.status(), StatusCode::CREATED);
     }
     // Reading now: frames, then the close with 4008 (never a silent gap).
-    let code = tokio::time::timeout(Duration::from_secs(20), async {
-        loop {
-            match slow.next().await {
-                Some(Ok(Message::Close(frame))) => return frame.map(|frame| u16::from(frame.code)),
-                Some(Ok(_)) => continue,
-                Some(Err(_)) | None => return None,
-            }
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("the slow socket was never closed"));
+    let code = close_code(&mut slow, Duration::from_secs(20)).await;
     assert_eq!(code, Some(4008));
     // Resuming from the cursor it had gets everything, in order.
     let url = format!(

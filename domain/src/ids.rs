@@ -71,3 +71,11 @@ uuid_id!(
     /// A message (text, system or call) in a conversation.
     MessageId
 );
+uuid_id!(
+    /// An uploaded image (an attachment or an avatar).
+    MediaId
+);
+uuid_id!(
+    /// An audio or video call in a conversation.
+    CallId
+);

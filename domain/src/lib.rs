@@ -15,4 +15,4 @@ pub mod ids;
 pub mod metadata;
 pub mod upcasting;
 
-pub use ids::{ConversationId, MessageId, SessionId, UserId};
+pub use ids::{CallId, ConversationId, MediaId, MessageId, SessionId, UserId};

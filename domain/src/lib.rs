@@ -6,10 +6,12 @@
 //! - [`ids`]: typed identifiers (`UserId`, `SessionId`).
 //! - [`account`]: the `Account` aggregate (registration, sessions, profile) and its values.
 //! - [`conversation`]: the `Conversation` aggregate (members, messages, receipts).
+//! - [`call`]: the `Call` aggregate (ringing, joining, leaving, media flags, the end).
 //! - [`upcasting`]: older event versions into the current types.
 //! - [`metadata`]: who and what caused an event (`actor_id`, `request_id`, `recorded_at`).
 
 pub mod account;
+pub mod call;
 pub mod conversation;
 pub mod ids;
 pub mod metadata;

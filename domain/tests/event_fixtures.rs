@@ -5,6 +5,7 @@
 
 use cqrs_es::DomainEvent;
 use domain::account::AccountEvent;
+use domain::call::CallEvent;
 use domain::conversation::ConversationEvent;
 use domain::upcasting::upcast_payload;
 use serde_json::Value;
@@ -25,12 +26,15 @@ fn current(event_type: &str) -> Option<(&'static str, &'static str)> {
     find(AccountEvent::TYPES)
         .map(|version| ("account", version))
         .or_else(|| find(ConversationEvent::TYPES).map(|version| ("conversation", version)))
+        .or_else(|| find(CallEvent::TYPES).map(|version| ("call", version)))
 }
 
 /// Deserializes an (upcast) payload and returns the event's type and version.
 fn read(aggregate_type: &str, payload: Value) -> Result<(String, String), serde_json::Error> {
     match aggregate_type {
         "account" => serde_json::from_value::<AccountEvent>(payload)
+            .map(|event| (event.event_type(), event.event_version())),
+        "call" => serde_json::from_value::<CallEvent>(payload)
             .map(|event| (event.event_type(), event.event_version())),
         _ => serde_json::from_value::<ConversationEvent>(payload)
             .map(|event| (event.event_type(), event.event_version())),
@@ -67,12 +71,16 @@ fn every_fixture_reads_into_the_current_type() {
             checked += 1;
         }
     }
-    assert!(checked >= 19, "only {checked} fixtures");
+    assert!(checked >= 26, "only {checked} fixtures");
 }
 
 #[test]
 fn every_current_event_type_and_version_has_a_fixture() {
-    for (event_type, version) in AccountEvent::TYPES.iter().chain(ConversationEvent::TYPES) {
+    for (event_type, version) in AccountEvent::TYPES
+        .iter()
+        .chain(ConversationEvent::TYPES)
+        .chain(CallEvent::TYPES)
+    {
         let path = fixtures().join(event_type).join(format!("{version}.json"));
         assert!(path.exists(), "missing fixture {}", path.display());
     }
@@ -82,7 +90,11 @@ fn every_current_event_type_and_version_has_a_fixture() {
 fn current_fixtures_round_trip_unchanged() {
     // A fixture at the current version must be exactly what the code writes today: a field
     // renamed or added without a version change shows up here.
-    for (event_type, version) in AccountEvent::TYPES.iter().chain(ConversationEvent::TYPES) {
+    for (event_type, version) in AccountEvent::TYPES
+        .iter()
+        .chain(ConversationEvent::TYPES)
+        .chain(CallEvent::TYPES)
+    {
         let path = fixtures().join(event_type).join(format!("{version}.json"));
         let stored: Value =
             serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_default())
@@ -91,6 +103,9 @@ fn current_fixtures_round_trip_unchanged() {
         let written = match aggregate_type {
             "account" => serde_json::from_value::<AccountEvent>(stored.clone())
                 .and_then(serde_json::to_value),
+            "call" => {
+                serde_json::from_value::<CallEvent>(stored.clone()).and_then(serde_json::to_value)
+            }
             _ => serde_json::from_value::<ConversationEvent>(stored.clone())
                 .and_then(serde_json::to_value),
         }

@@ -68,7 +68,7 @@ async fn run(pool: &sqlx::PgPool, messages: usize) -> anyhow::Result<()> {
             sender_id: if index % 2 == 0 { alice } else { bob },
             client_message_id: None,
             body: Some(body.clone()),
-            attachment_ids: vec![],
+            attachments: vec![],
             reply_to_id: None,
             at: Utc::now(),
         };

@@ -71,6 +71,10 @@ pub struct App {
     pub node_id: uuid::Uuid,
     /// The AMQP link socket-push publishes to other nodes on.
     pub push_link: Arc<bus::SharedConnection>,
+    /// Mints and checks signed media links (the key is derived from the JWT secret).
+    pub links: web::MediaLinks,
+    /// Where uploads are stored.
+    pub media_store: media::MediaStore,
 }
 
 impl App {
@@ -110,6 +114,13 @@ impl App {
         );
         let revocations =
             Revocations::new(redis.clone(), pool.clone(), &settings.namespace, lifetime);
+        let links = web::MediaLinks::new(
+            secret.derive_key("chat media links v1"),
+            settings.media_link_ttl_secs,
+            &settings.public_url,
+        );
+        let media_store =
+            media::MediaStore::open(&settings.media_store, &settings.media_s3_options)?;
         let authenticator = Arc::new(Authenticator {
             tokens,
             revocations,
@@ -125,6 +136,8 @@ impl App {
             )),
             node_id: uuid::Uuid::now_v7(),
             push_link: Arc::new(bus::SharedConnection::new(&settings_amqp_url, "chatd-push")),
+            links,
+            media_store,
         })
     }
 
@@ -141,6 +154,8 @@ impl App {
                 pool: self.pool.clone(),
                 authenticator: self.authenticator.clone(),
                 presence: self.user_map(),
+                links: self.links.clone(),
+                media_store: self.media_store.clone(),
             };
             let (routes, _) = query_api::router().split_for_parts();
             let routes = routes.layer(axum::middleware::from_fn_with_state(
@@ -247,6 +262,22 @@ impl App {
                 self.settings.sends_per_10_seconds,
             ),
             refresh_token_lifetime: Duration::from_secs(self.settings.refresh_token_ttl_secs),
+            media: Arc::new(AggregateStore::<domain::media::Media>::new(
+                self.pool.clone(),
+            )),
+            uploads: command_api::media::Uploads {
+                store: self.media_store.clone(),
+                links: self.links.clone(),
+                limits: media::Limits {
+                    max_width: self.settings.media_max_dimension,
+                    max_height: self.settings.media_max_dimension,
+                    max_pixels: self.settings.media_max_pixels,
+                },
+                max_bytes: self.settings.media_max_bytes,
+                decoding: Arc::new(tokio::sync::Semaphore::new(
+                    self.settings.media_decode_concurrency.max(1),
+                )),
+            },
         })
     }
 
@@ -292,6 +323,7 @@ impl App {
                 )),
                 accounts: Arc::new(AggregateStore::<Account>::new(self.pool.clone())),
                 delivery: self.delivery(),
+                links: self.links.clone(),
             };
             loops.spawn(socket_push::revocations::run(
                 self.settings.redis_url.clone(),

@@ -169,4 +169,39 @@ pub struct Settings {
     /// Log format: `text` or `json`.
     #[arg(long, env = "CHAT_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
+    /// Where uploads are stored: a directory, or `s3://bucket[/prefix]` (endpoint and
+    /// credentials from `AWS_ENDPOINT`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+    /// `AWS_REGION`, `AWS_ALLOW_HTTP`).
+    #[arg(long, env = "CHAT_MEDIA_STORE", default_value = "data/media")]
+    pub media_store: String,
+    /// Largest upload in bytes.
+    #[arg(long, env = "CHAT_MEDIA_MAX_BYTES", default_value_t = 10 * 1024 * 1024)]
+    pub media_max_bytes: u64,
+    /// Largest width and height of an uploaded image, in pixels.
+    #[arg(long, env = "CHAT_MEDIA_MAX_DIMENSION", default_value_t = 8192)]
+    pub media_max_dimension: u32,
+    /// Largest pixel count (width × height) of an uploaded image.
+    #[arg(long, env = "CHAT_MEDIA_MAX_PIXELS", default_value_t = 40_000_000)]
+    pub media_max_pixels: u64,
+    /// Images decoded at once (each may hold up to 4 bytes per pixel of the budget).
+    #[arg(long, env = "CHAT_MEDIA_DECODE_CONCURRENCY", default_value_t = 2)]
+    pub media_decode_concurrency: usize,
+    /// Lifetime of signed media links in seconds (a link lives one to two lifetimes).
+    #[arg(long, env = "CHAT_MEDIA_LINK_TTL_SECS", default_value_t = 3600)]
+    pub media_link_ttl_secs: u64,
+    /// Public base URL put in front of media links (`https://chat.example.com`); empty for
+    /// links relative to the API's origin.
+    #[arg(long, env = "CHAT_PUBLIC_URL", default_value = "")]
+    pub public_url: String,
+    /// The `AWS_*` variables, for an `s3://` media store (read here, with the rest).
+    #[arg(skip = aws_variables())]
+    pub media_s3_options: Vec<(String, String)>,
+}
+
+/// Every `AWS_*` environment variable (endpoint, credentials, region, `AWS_ALLOW_HTTP`, …), as
+/// the S3 client's configuration keys take them.
+fn aws_variables() -> Vec<(String, String)> {
+    std::env::vars()
+        .filter(|(key, _)| key.starts_with("AWS_"))
+        .collect()
 }

@@ -20,6 +20,7 @@ pub const READ_MODELS: &[(&str, &str)] = &[
     ("conversations", "id"),
     ("conversation_members", "conversation_id, user_id"),
     ("messages", "id"),
+    ("media", "id"),
     (
         "receipt_marks",
         "conversation_id, user_id, delivered_seq, read_seq",

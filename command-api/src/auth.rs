@@ -192,17 +192,18 @@ async fn start_session(
         metadata,
     )
     .await?;
-    let session = session_response(state, &committed.aggregate, session_id, refresh_token)?;
+    let session = session_response(state, &committed.aggregate, session_id, refresh_token).await?;
     Ok((session, committed.position))
 }
 
-fn session_response(
+async fn session_response(
     state: &CommandState,
     account: &Account,
     session_id: SessionId,
     refresh_token: RefreshToken,
 ) -> Result<Session, ApiError> {
-    let user = user_from_account(account, true)
+    let avatar = crate::media::avatar(state, account).await?;
+    let user = user_from_account(account, avatar, true)
         .ok_or_else(|| ApiError::internal("account without a profile"))?;
     let access = state
         .authenticator
@@ -337,7 +338,7 @@ pub async fn refresh(
                 &metadata(Some(user_id), &request_id),
             )
             .await?;
-            let session = session_response(&state, &committed.aggregate, session_id, token)?;
+            let session = session_response(&state, &committed.aggregate, session_id, token).await?;
             Ok((
                 [consistency::header(&committed.position)],
                 axum::Json(session),

@@ -321,12 +321,10 @@ pub async fn send(
         .map(MessageBody::parse)
         .transpose()
         .map_err(invalid)?;
-    if !request.attachment_ids.is_empty() {
-        // Uploads do not exist yet, so no id can name one of the sender's images.
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "attachment_not_found",
-            "attachment_ids must name images you uploaded",
+    if request.attachment_ids.len() > domain::conversation::MAX_ATTACHMENTS {
+        return Err(ApiError::bad_request(
+            "invalid_attachments",
+            "a message carries at most 10 attachments",
         ));
     }
     if let Err(retry_after) = state
@@ -338,13 +336,20 @@ pub async fn send(
         return Err(ApiError::rate_limited(retry_after.0));
     }
     let sender_id = UserId::from_uuid(sender);
+    let attachments = crate::media::owned_images(
+        state,
+        sender_id,
+        &request.attachment_ids,
+        "attachment_not_found",
+    )
+    .await?;
     let metadata = metadata(Some(sender_id), request_id);
     let command = ConversationCommand::SendMessage {
         message_id: MessageId::new(),
         sender_id,
         client_message_id: client_message_id.clone(),
         body,
-        attachment_ids: request.attachment_ids,
+        attachments,
         reply_to_id: request.reply_to_id.map(MessageId::from_uuid),
         at: metadata.recorded_at,
     };
@@ -353,7 +358,7 @@ pub async fn send(
         Some(event) => event,
         None => original_send(&state.pool, conversation_id, sender_id, client_message_id).await?,
     };
-    let mut message = Message::sent(conversation_id.as_uuid(), &sent)
+    let mut message = Message::sent(conversation_id.as_uuid(), &sent, &state.uploads.links)
         .ok_or_else(|| ApiError::internal("a send produced no MessageSent"))?;
     message.status = Some("sent".to_owned());
     Ok((message, committed.position))
@@ -390,8 +395,8 @@ pub async fn sent_event(
     conversation_id: Uuid,
     message_id: Uuid,
 ) -> sqlx::Result<ConversationEvent> {
-    let payload: sqlx::types::Json<ConversationEvent> = sqlx::query_scalar(
-        "SELECT e.payload::jsonb FROM message_index i
+    let (event_version, payload): (String, serde_json::Value) = sqlx::query_as(
+        "SELECT e.event_version, e.payload::jsonb FROM message_index i
            JOIN events e ON e.aggregate_type = 'conversation' AND e.aggregate_id = i.conversation_id::text
                         AND e.sequence = i.event_sequence
           WHERE i.message_id = $1 AND i.conversation_id = $2",
@@ -400,7 +405,9 @@ pub async fn sent_event(
     .bind(conversation_id)
     .fetch_one(executor)
     .await?;
-    Ok(payload.0)
+    let payload =
+        domain::upcasting::upcast_payload("conversation", "MessageSent", &event_version, payload);
+    serde_json::from_value(payload).map_err(|error| sqlx::Error::Decode(Box::new(error)))
 }
 
 /// PATCH /api/v1/messages/{id}
@@ -424,10 +431,14 @@ pub async fn edit_message(
     };
     let committed = execute(&state, conversation_id, command, &metadata).await?;
     wait_for(&state.pool, &committed.position).await?;
-    let message =
-        query_api::conversations::load_message(&state.pool, message_id.as_uuid(), caller.user_id)
-            .await?
-            .ok_or_else(message_not_found)?;
+    let message = query_api::conversations::load_message(
+        &state.pool,
+        &state.uploads.links,
+        message_id.as_uuid(),
+        caller.user_id,
+    )
+    .await?
+    .ok_or_else(message_not_found)?;
     Ok((
         [consistency::header(&committed.position)],
         axum::Json(message),
@@ -539,10 +550,14 @@ async fn conversation_response(
 ) -> Result<Response, ApiError> {
     wait_for(&state.pool, position).await?;
     let conversation_id: Uuid = position.aggregate_id.parse().map_err(ApiError::internal)?;
-    let conversation =
-        query_api::conversations::load_conversation(&state.pool, conversation_id, caller)
-            .await?
-            .ok_or_else(|| ApiError::not_found("conversation_not_found", "no such conversation"))?;
+    let conversation = query_api::conversations::load_conversation(
+        &state.pool,
+        &state.uploads.links,
+        conversation_id,
+        caller,
+    )
+    .await?
+    .ok_or_else(|| ApiError::not_found("conversation_not_found", "no such conversation"))?;
     Ok((
         status,
         [consistency::header(position)],

@@ -5,6 +5,7 @@
 //! - [`auth`]: register, login, refresh, logout (`/api/v1/auth/*`).
 //! - [`conversations`]: conversations, members, messages and receipts, and the message index
 //!   the `Conversation` aggregate consults.
+//! - [`media`]: image uploads, and the ownership checks for attachments and avatars.
 //! - [`profile`]: profile and password changes (`/api/v1/users/me`).
 //! - [`credentials`]: the command side's own tables: identities, password hashes, sessions
 //!   and refresh tokens.
@@ -15,6 +16,7 @@
 pub mod auth;
 pub mod conversations;
 pub mod credentials;
+pub mod media;
 pub mod passwords;
 pub mod profile;
 pub mod rate_limits;
@@ -44,6 +46,8 @@ pub struct CommandState {
     pub login_limits: LoginLimits,
     pub send_limits: SendLimits,
     pub refresh_token_lifetime: Duration,
+    pub media: Arc<AggregateStore<domain::media::Media>>,
+    pub uploads: media::Uploads,
 }
 
 impl FromRef<CommandState> for Arc<Authenticator> {
@@ -69,16 +73,26 @@ pub fn router() -> OpenApiRouter<CommandState> {
         .routes(routes!(conversations::edit_message))
         .routes(routes!(conversations::delete_message))
         .routes(routes!(conversations::move_receipts))
+        .merge(
+            // The upload reads its body itself, counting against its own limit.
+            OpenApiRouter::new()
+                .routes(routes!(media::upload))
+                .layer(axum::extract::DefaultBodyLimit::disable()),
+        )
 }
 
 /// The `User` representation of an account, from the aggregate's state.
-pub fn user_from_account(account: &Account, with_email: bool) -> Option<web::dto::User> {
+pub fn user_from_account(
+    account: &Account,
+    avatar: Option<web::dto::Media>,
+    with_email: bool,
+) -> Option<web::dto::User> {
     Some(web::dto::User {
         id: account.user_id?.as_uuid(),
         username: account.username.as_ref()?.as_str().to_owned(),
         display_name: account.display_name.as_ref()?.as_str().to_owned(),
         bio: account.bio.as_ref().map(|bio| bio.as_str().to_owned()),
-        avatar: None,
+        avatar,
         online: false,
         last_seen_at: None,
         created_at: account.created_at?,

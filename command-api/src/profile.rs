@@ -74,15 +74,10 @@ pub async fn update_profile(
             .transpose()
             .map_err(invalid)?,
     };
-    if let Some(Some(_)) = changes.avatar_media_id {
-        // Media uploads do not exist yet, so no id can name one of the caller's images.
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "media_not_found",
-            "avatar_media_id does not name an image you uploaded",
-        ));
-    }
     let user_id = UserId::from_uuid(caller.user_id);
+    if let Some(Some(media_id)) = changes.avatar_media_id {
+        crate::media::owned_images(&state, user_id, &[media_id], "media_not_found").await?;
+    }
     let current = state
         .accounts
         .load(&user_id.to_string())
@@ -134,7 +129,8 @@ pub async fn update_profile(
             .await?;
     }
     let committed = result?;
-    let user = user_from_account(&committed.aggregate, true)
+    let avatar = crate::media::avatar(&state, &committed.aggregate).await?;
+    let user = user_from_account(&committed.aggregate, avatar, true)
         .ok_or_else(|| ApiError::internal("account without a profile"))?;
     Ok(([consistency::header(&committed.position)], axum::Json(user)).into_response())
 }

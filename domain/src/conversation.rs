@@ -18,7 +18,8 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 use crate::account::ValueError;
-use crate::{ConversationId, MessageId, UserId};
+use crate::media::Attachment;
+use crate::{ConversationId, MediaId, MessageId, UserId};
 
 /// The most members a group may have.
 pub const MAX_GROUP_MEMBERS: usize = 1000;
@@ -126,8 +127,8 @@ impl ClientMessageId {
 }
 
 /// The kind of a sent message: `image` when it has attachments and no text, else `text`.
-pub fn sent_message_kind(body: Option<&MessageBody>, attachment_ids: &[Uuid]) -> &'static str {
-    if body.is_none() && !attachment_ids.is_empty() {
+pub fn sent_message_kind(body: Option<&MessageBody>, attachments: &[Attachment]) -> &'static str {
+    if body.is_none() && !attachments.is_empty() {
         "image"
     } else {
         "text"
@@ -214,7 +215,7 @@ pub enum ConversationCommand {
         sender_id: UserId,
         client_message_id: Option<ClientMessageId>,
         body: Option<MessageBody>,
-        attachment_ids: Vec<Uuid>,
+        attachments: Vec<Attachment>,
         reply_to_id: Option<MessageId>,
         at: DateTime<Utc>,
     },
@@ -276,7 +277,8 @@ pub enum ConversationEvent {
         sender_id: UserId,
         client_message_id: Option<ClientMessageId>,
         body: Option<MessageBody>,
-        attachment_ids: Vec<Uuid>,
+        /// Version 2.0: each image as uploaded (1.0 had bare `attachment_ids`, always empty).
+        attachments: Vec<Attachment>,
         reply_to_id: Option<MessageId>,
         at: DateTime<Utc>,
     },
@@ -309,7 +311,7 @@ impl ConversationEvent {
         ("ConversationRenamed", "1.0"),
         ("ConversationMemberAdded", "1.0"),
         ("ConversationMemberRemoved", "1.0"),
-        ("MessageSent", "1.0"),
+        ("MessageSent", "2.0"),
         ("MessageEdited", "1.0"),
         ("MessageDeleted", "1.0"),
         ("ReceiptsMoved", "1.0"),
@@ -332,7 +334,12 @@ impl DomainEvent for ConversationEvent {
     }
 
     fn event_version(&self) -> String {
-        "1.0".to_owned()
+        let event_type = self.event_type();
+        Self::TYPES
+            .iter()
+            .find(|(name, _)| *name == event_type)
+            .map_or("1.0", |(_, version)| version)
+            .to_owned()
     }
 }
 
@@ -480,7 +487,7 @@ impl Aggregate for Conversation {
                 sender_id,
                 client_message_id,
                 body,
-                attachment_ids,
+                attachments,
                 reply_to_id,
                 at,
             } => {
@@ -497,12 +504,20 @@ impl Aggregate for Conversation {
                         return Ok(());
                     }
                 }
-                if body.is_none() && attachment_ids.is_empty() {
+                if body.is_none() && attachments.is_empty() {
                     return Err(ConversationError::EmptyMessage);
                 }
-                if attachment_ids.len() > MAX_ATTACHMENTS {
+                if attachments.len() > MAX_ATTACHMENTS {
                     return Err(ConversationError::InvalidAttachments(
                         "a message carries at most 10 attachments",
+                    ));
+                }
+                let mut ids: Vec<MediaId> = attachments.iter().map(|a| a.media_id).collect();
+                ids.sort_unstable();
+                ids.dedup();
+                if ids.len() != attachments.len() {
+                    return Err(ConversationError::InvalidAttachments(
+                        "an image is attached at most once per message",
                     ));
                 }
                 if let Some(reply_to_id) = reply_to_id {
@@ -521,7 +536,7 @@ impl Aggregate for Conversation {
                     sender_id,
                     client_message_id,
                     body,
-                    attachment_ids,
+                    attachments,
                     reply_to_id,
                     at,
                 };
@@ -901,7 +916,7 @@ mod tests {
                 sender_id,
                 client_message_id: None,
                 body: Some(body("hi")),
-                attachment_ids: vec![],
+                attachments: vec![],
                 reply_to_id: None,
                 at: at(),
             }
@@ -914,7 +929,7 @@ mod tests {
             sender_id,
             client_message_id: ClientMessageId::parse("c-1").ok(),
             body: Some(body("hi")),
-            attachment_ids: vec![],
+            attachments: vec![],
             reply_to_id: None,
             at: at(),
         }
@@ -970,7 +985,7 @@ mod tests {
                 sender_id: group.member,
                 client_message_id: ClientMessageId::parse("c-1").ok(),
                 body: Some(body("hi")),
-                attachment_ids: vec![],
+                attachments: vec![],
                 reply_to_id: None,
                 at: at(),
             }]);
@@ -1015,7 +1030,7 @@ mod tests {
                 sender_id: group.owner,
                 client_message_id: None,
                 body: None,
-                attachment_ids: vec![],
+                attachments: vec![],
                 reply_to_id: None,
                 at: at(),
             })
@@ -1027,7 +1042,7 @@ mod tests {
                 sender_id: group.owner,
                 client_message_id: None,
                 body: Some(body("re")),
-                attachment_ids: vec![],
+                attachments: vec![],
                 reply_to_id: Some(MessageId::new()),
                 at: at(),
             })

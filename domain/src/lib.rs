@@ -7,6 +7,7 @@
 //! - [`account`]: the `Account` aggregate (registration, sessions, profile) and its values.
 //! - [`conversation`]: the `Conversation` aggregate (members, messages, receipts).
 //! - [`call`]: the `Call` aggregate (ringing, joining, leaving, media flags, the end).
+//! - [`media`]: the `Media` aggregate (one uploaded image) and the `Attachment` messages carry.
 //! - [`upcasting`]: older event versions into the current types.
 //! - [`metadata`]: who and what caused an event (`actor_id`, `request_id`, `recorded_at`).
 
@@ -14,6 +15,7 @@ pub mod account;
 pub mod call;
 pub mod conversation;
 pub mod ids;
+pub mod media;
 pub mod metadata;
 pub mod upcasting;
 

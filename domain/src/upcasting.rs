@@ -4,14 +4,40 @@
 //! goes up, a fixture of the new version is added under `domain/tests/fixtures/`, and an
 //! upcaster here turns the older payloads into the new shape. The fixture test reads every
 //! version's fixture through [`upcasters`] into the current types, so a shape changed without
-//! a new version and an upcaster fails CI. (No event has a second version yet.)
+//! a new version and an upcaster fails CI.
+//!
+//! - `MessageSent` 1.0 → 2.0: bare `attachment_ids` became `attachments` carrying each image's
+//!   type, size and dimensions. Version 1.0 was written while uploads did not exist and the API
+//!   refused every attachment, so its lists are always empty and become empty lists.
 
 use cqrs_es::persist::{EventUpcaster, SerializedEvent};
 use serde_json::Value;
 
 /// Every upcaster, applied in order.
 pub fn upcasters() -> Vec<Box<dyn EventUpcaster>> {
-    Vec::new()
+    vec![Box::new(MessageSentAttachments)]
+}
+
+/// `MessageSent` 1.0 → 2.0.
+struct MessageSentAttachments;
+
+impl EventUpcaster for MessageSentAttachments {
+    fn can_upcast(&self, event_type: &str, event_version: &str) -> bool {
+        event_type == "MessageSent" && event_version == "1.0"
+    }
+
+    fn upcast(&self, mut event: SerializedEvent) -> SerializedEvent {
+        if let Some(fields) = event
+            .payload
+            .get_mut("MessageSent")
+            .and_then(Value::as_object_mut)
+        {
+            fields.remove("attachment_ids");
+            fields.insert("attachments".to_owned(), Value::Array(Vec::new()));
+        }
+        event.event_version = "2.0".to_owned();
+        event
+    }
 }
 
 /// A stored payload in the current shape of its event type.

@@ -1,56 +1,15 @@
 //! The four accepted formats and how an upload's bytes are recognised as one of them.
 
-/// An image format that uploads may use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ImageFormat {
-    Png,
-    Jpeg,
-    Gif,
-    Webp,
-}
+/// An image format that uploads may use: the domain's `ImageType` (content type, extension).
+pub use domain::media::ImageType as ImageFormat;
 
-impl ImageFormat {
-    /// The MIME type to store and serve the image with.
-    pub fn content_type(self) -> &'static str {
-        match self {
-            ImageFormat::Png => "image/png",
-            ImageFormat::Jpeg => "image/jpeg",
-            ImageFormat::Gif => "image/gif",
-            ImageFormat::Webp => "image/webp",
-        }
-    }
-
-    /// The file extension to store the image under, without the dot.
-    pub fn extension(self) -> &'static str {
-        match self {
-            ImageFormat::Png => "png",
-            ImageFormat::Jpeg => "jpg",
-            ImageFormat::Gif => "gif",
-            ImageFormat::Webp => "webp",
-        }
-    }
-
-    /// The format a file extension (without the dot, any case) names, if it is one of ours.
-    ///
-    /// This is for building paths and reading stored keys back; an upload's format is always
-    /// decided by [`sniff`], never by its name.
-    pub fn from_extension(extension: &str) -> Option<Self> {
-        match extension.to_ascii_lowercase().as_str() {
-            "png" => Some(ImageFormat::Png),
-            "jpg" | "jpeg" => Some(ImageFormat::Jpeg),
-            "gif" => Some(ImageFormat::Gif),
-            "webp" => Some(ImageFormat::Webp),
-            _ => None,
-        }
-    }
-
-    pub(crate) fn to_image_format(self) -> image::ImageFormat {
-        match self {
-            ImageFormat::Png => image::ImageFormat::Png,
-            ImageFormat::Jpeg => image::ImageFormat::Jpeg,
-            ImageFormat::Gif => image::ImageFormat::Gif,
-            ImageFormat::Webp => image::ImageFormat::WebP,
-        }
+/// The `image` crate's name for one of our formats.
+pub(crate) fn decoder_format(format: ImageFormat) -> image::ImageFormat {
+    match format {
+        ImageFormat::Png => image::ImageFormat::Png,
+        ImageFormat::Jpeg => image::ImageFormat::Jpeg,
+        ImageFormat::Gif => image::ImageFormat::Gif,
+        ImageFormat::Webp => image::ImageFormat::WebP,
     }
 }
 
@@ -97,7 +56,6 @@ mod tests {
             );
             assert!(format.content_type().starts_with("image/"));
         }
-        assert_eq!(ImageFormat::from_extension("JPEG"), Some(ImageFormat::Jpeg));
         assert_eq!(ImageFormat::from_extension("svg"), None);
         assert_eq!(ImageFormat::from_extension(""), None);
     }

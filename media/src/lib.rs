@@ -1,4 +1,5 @@
-//! Validation, re-encoding and thumbnailing of uploaded images: pure CPU work, no I/O.
+//! Validation, re-encoding and thumbnailing of uploaded images (pure CPU work), and the store
+//! the images live in (`store`: [`MediaStore`], the crate's only I/O).
 //!
 //! [`process`] is the one entry point (`process`, with `animation` for GIFs, whose frames are
 //! kept). It decides the format from the bytes (`format`: the four accepted formats and
@@ -18,8 +19,10 @@ pub mod corpus;
 mod format;
 mod process;
 mod rejection;
+mod store;
 mod structure;
 
 pub use format::{ImageFormat, sniff};
-pub use process::{Processed, THUMBNAIL_LONGEST_SIDE, process};
+pub use process::{Processed, THUMBNAIL_LONGEST_SIDE, dimensions, process};
 pub use rejection::{Limits, Rejection};
+pub use store::{MediaStore, StoredObject};

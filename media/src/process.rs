@@ -55,6 +55,13 @@ pub fn process(bytes: &[u8], limits: &Limits) -> Result<Processed, Rejection> {
     }
 }
 
+/// The width and height an image's header declares, without decoding it (for checking stored
+/// images; uploads go through [`process`]).
+pub fn dimensions(bytes: &[u8]) -> Result<(u32, u32), Rejection> {
+    let format = sniff(bytes).ok_or(Rejection::Unsupported)?;
+    declared_dimensions(bytes, format, &Limits::default())
+}
+
 /// Shows sizes rather than the bytes, which may be megabytes.
 impl std::fmt::Debug for Processed {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -79,7 +86,8 @@ fn declared_dimensions(
     format: ImageFormat,
     limits: &Limits,
 ) -> Result<(u32, u32), Rejection> {
-    let mut reader = ImageReader::with_format(Cursor::new(bytes), format.to_image_format());
+    let mut reader =
+        ImageReader::with_format(Cursor::new(bytes), crate::format::decoder_format(format));
     reader.limits(limits.for_header());
     let (width, height) = reader
         .into_dimensions()
@@ -103,7 +111,8 @@ fn process_still(
     let too_large = || Rejection::TooLarge { width, height };
     let decode_rejection = |error| decode_rejection(format, error, too_large);
 
-    let mut reader = ImageReader::with_format(Cursor::new(bytes), format.to_image_format());
+    let mut reader =
+        ImageReader::with_format(Cursor::new(bytes), crate::format::decoder_format(format));
     reader.limits(limits.for_decoder());
     let mut decoder = reader.into_decoder().map_err(decode_rejection)?;
     let orientation = decoder.orientation().map_err(decode_rejection)?;

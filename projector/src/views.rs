@@ -5,6 +5,7 @@ use bus::EventMessage;
 use cqrs_es::Aggregate;
 use domain::account::{Account, AccountEvent};
 use domain::conversation::{Conversation, ConversationEvent};
+use domain::media::{Media, MediaEvent};
 use serde_json::json;
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
@@ -67,6 +68,15 @@ pub async fn apply(
                 ))?;
             let conversation_id: Uuid = message.aggregate_id.parse()?;
             apply_conversation(transaction, conversation_id, event).await
+        }
+        Media::TYPE => {
+            let event: MediaEvent = serde_json::from_value(domain::upcasting::upcast_payload(
+                &message.aggregate_type,
+                &message.event_type,
+                &message.event_version,
+                message.payload.clone(),
+            ))?;
+            apply_media(transaction, event).await
         }
         // Event types of later features are ignored until a view needs them.
         _ => Ok(()),
@@ -257,15 +267,19 @@ async fn apply_conversation(
             seq,
             sender_id,
             body,
-            attachment_ids,
+            attachments,
             reply_to_id,
             at,
             ..
         } => {
-            let kind = domain::conversation::sent_message_kind(body.as_ref(), &attachment_ids);
+            let kind = domain::conversation::sent_message_kind(body.as_ref(), &attachments);
+            let attachment_ids: Vec<Uuid> = attachments
+                .iter()
+                .map(|attachment| attachment.media_id.as_uuid())
+                .collect();
             sqlx::query(
-                "INSERT INTO messages (id, conversation_id, seq, sender_id, kind, body, attachment_ids, reply_to_id, created_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                "INSERT INTO messages (id, conversation_id, seq, sender_id, kind, body, attachment_ids, attachments, reply_to_id, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
             )
             .bind(message_id.as_uuid())
             .bind(conversation_id)
@@ -274,6 +288,7 @@ async fn apply_conversation(
             .bind(kind)
             .bind(body.as_ref().map(|body| body.as_str()))
             .bind(&attachment_ids)
+            .bind(sqlx::types::Json(&attachments))
             .bind(reply_to_id.map(|id| id.as_uuid()))
             .bind(at)
             .execute(&mut **transaction)
@@ -305,7 +320,7 @@ async fn apply_conversation(
         }
         ConversationEvent::MessageDeleted { message_id, .. } => {
             sqlx::query(
-                "UPDATE messages SET deleted = true, body = NULL, attachment_ids = '{}' WHERE id = $1",
+                "UPDATE messages SET deleted = true, body = NULL, attachment_ids = '{}', attachments = '[]' WHERE id = $1",
             )
             .bind(message_id.as_uuid())
             .execute(&mut **transaction)
@@ -436,6 +451,7 @@ async fn insert_sent_messages(
     let mut kinds = Vec::with_capacity(run.len());
     let mut bodies: Vec<Option<String>> = Vec::with_capacity(run.len());
     let mut attachments = Vec::with_capacity(run.len());
+    let mut images_json = Vec::with_capacity(run.len());
     let mut replies: Vec<Option<Uuid>> = Vec::with_capacity(run.len());
     let mut times = Vec::with_capacity(run.len());
     for (conversation_id, event) in run {
@@ -444,7 +460,7 @@ async fn insert_sent_messages(
             seq,
             sender_id,
             body,
-            attachment_ids,
+            attachments: images,
             reply_to_id,
             at,
             ..
@@ -456,12 +472,14 @@ async fn insert_sent_messages(
         conversations.push(*conversation_id);
         seqs.push(*seq);
         senders.push(sender_id.as_uuid());
-        kinds.push(
-            domain::conversation::sent_message_kind(body.as_ref(), attachment_ids).to_owned(),
-        );
+        kinds.push(domain::conversation::sent_message_kind(body.as_ref(), images).to_owned());
         bodies.push(body.as_ref().map(|body| body.as_str().to_owned()));
-        let list: Vec<String> = attachment_ids.iter().map(Uuid::to_string).collect();
+        let list: Vec<String> = images
+            .iter()
+            .map(|image| image.media_id.to_string())
+            .collect();
         attachments.push(format!("{{{}}}", list.join(",")));
+        images_json.push(serde_json::to_string(images)?);
         replies.push(reply_to_id.map(|id| id.as_uuid()));
         times.push(*at);
     }
@@ -480,7 +498,7 @@ async fn insert_sent_messages(
             .map_or_else(|| "\\N".to_owned(), text);
         let reply = replies[index].map_or_else(|| "\\N".to_owned(), |id| id.to_string());
         copy.push_str(&format!(
-            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\n",
+            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\n",
             ids[index],
             conversations[index],
             seqs[index],
@@ -488,13 +506,14 @@ async fn insert_sent_messages(
             kinds[index],
             body,
             attachments[index],
+            text(&images_json[index]),
             reply,
             times[index].to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
         ));
     }
     let mut sink = transaction
         .copy_in_raw(
-            "COPY messages (id, conversation_id, seq, sender_id, kind, body, attachment_ids, reply_to_id, created_at) FROM STDIN",
+            "COPY messages (id, conversation_id, seq, sender_id, kind, body, attachment_ids, attachments, reply_to_id, created_at) FROM STDIN",
         )
         .await?;
     sink.send(copy.into_bytes()).await?;
@@ -524,5 +543,42 @@ async fn insert_sent_messages(
     .bind(&seqs)
     .execute(&mut **transaction)
     .await?;
+    Ok(())
+}
+
+async fn apply_media(
+    transaction: &mut Transaction<'_, Postgres>,
+    event: MediaEvent,
+) -> anyhow::Result<()> {
+    match event {
+        MediaEvent::Uploaded {
+            media_id,
+            owner_id,
+            image_type,
+            content_hash,
+            image,
+            thumbnail,
+            at,
+        } => {
+            sqlx::query(
+                "INSERT INTO media (id, owner_id, content_type, content_hash, size, width, height,
+                                    thumbnail_size, thumbnail_width, thumbnail_height, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            )
+            .bind(media_id.as_uuid())
+            .bind(owner_id.as_uuid())
+            .bind(image_type.content_type())
+            .bind(content_hash)
+            .bind(image.size)
+            .bind(i32::try_from(image.width)?)
+            .bind(i32::try_from(image.height)?)
+            .bind(thumbnail.size)
+            .bind(i32::try_from(thumbnail.width)?)
+            .bind(i32::try_from(thumbnail.height)?)
+            .bind(at)
+            .execute(&mut **transaction)
+            .await?;
+        }
+    }
     Ok(())
 }

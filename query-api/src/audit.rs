@@ -185,7 +185,7 @@ pub async fn conversation_state(
     };
     let id: Uuid = id.parse().map_err(|_| not_found())?;
     let as_of = query.as_of.unwrap_or_else(Utc::now);
-    rebuild_conversation(&state.pool, id, as_of)
+    rebuild_conversation(&state.pool, &state.links, id, as_of)
         .await?
         .map(axum::Json)
         .ok_or_else(not_found)
@@ -195,11 +195,12 @@ pub async fn conversation_state(
 /// log alone: later events are not applied, so later edits, deletions and members are absent.
 pub async fn rebuild_conversation(
     pool: &PgPool,
+    links: &web::MediaLinks,
     conversation_id: Uuid,
     as_of: DateTime<Utc>,
 ) -> sqlx::Result<Option<ConversationState>> {
-    let rows: Vec<(sqlx::types::Json<ConversationEvent>,)> = sqlx::query_as(
-        "SELECT payload::jsonb FROM events
+    let rows: Vec<(String, String, serde_json::Value)> = sqlx::query_as(
+        "SELECT event_type, event_version, payload::jsonb FROM events
           WHERE aggregate_type = 'conversation' AND aggregate_id = $1
             AND (metadata ->> 'recorded_at')::timestamptz <= $2
           ORDER BY sequence",
@@ -213,11 +214,14 @@ pub async fn rebuild_conversation(
     }
     let mut conversation = Conversation::default();
     let mut messages: BTreeMap<i64, Message> = BTreeMap::new();
-    for (event,) in rows {
-        let event = event.0;
+    for (event_type, event_version, payload) in rows {
+        let payload =
+            domain::upcasting::upcast_payload("conversation", &event_type, &event_version, payload);
+        let event: ConversationEvent = serde_json::from_value(payload)
+            .map_err(|error| sqlx::Error::Decode(Box::new(error)))?;
         match &event {
             ConversationEvent::MessageSent { seq, .. } => {
-                if let Some(message) = Message::sent(conversation_id, &event) {
+                if let Some(message) = Message::sent(conversation_id, &event, links) {
                     messages.insert(*seq, message);
                 }
             }

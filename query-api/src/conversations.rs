@@ -5,13 +5,14 @@ use axum::extract::{Path, Query, State};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
+use domain::media::Attachment;
 use serde::Deserialize;
 use sqlx::PgPool;
 use std::collections::HashMap;
 use utoipa::IntoParams;
 use uuid::Uuid;
 use web::dto::{Conversation, ConversationMember, Message, MessagePage, Page, Receipt};
-use web::{ApiError, Caller};
+use web::{ApiError, Caller, MediaLinks};
 
 use crate::QueryState;
 
@@ -44,6 +45,7 @@ struct MessageRow {
     sender_id: Uuid,
     kind: String,
     body: Option<String>,
+    attachments: sqlx::types::Json<Vec<Attachment>>,
     reply_to_id: Option<Uuid>,
     system: Option<serde_json::Value>,
     created_at: DateTime<Utc>,
@@ -51,7 +53,7 @@ struct MessageRow {
     deleted: bool,
 }
 
-const MESSAGE_COLUMNS: &str = "id, conversation_id, seq, sender_id, kind, body, reply_to_id, system, created_at, edited_at, deleted";
+const MESSAGE_COLUMNS: &str = "id, conversation_id, seq, sender_id, kind, body, attachments, reply_to_id, system, created_at, edited_at, deleted";
 
 /// The sender's view of a message: `read` once every other member's read watermark reached
 /// it, `delivered` once every delivered watermark did, else `sent`. `None` for others.
@@ -76,8 +78,9 @@ fn status(row: &MessageRow, caller: Uuid, members: &[MemberRow]) -> Option<Strin
     Some(status.to_owned())
 }
 
-fn to_message(row: MessageRow, caller: Uuid, members: &[MemberRow]) -> Message {
+fn to_message(row: MessageRow, caller: Uuid, members: &[MemberRow], links: &MediaLinks) -> Message {
     let status = status(&row, caller, members);
+    let now = Utc::now();
     Message {
         id: row.id,
         conversation_id: row.conversation_id,
@@ -85,7 +88,12 @@ fn to_message(row: MessageRow, caller: Uuid, members: &[MemberRow]) -> Message {
         sender_id: row.sender_id,
         kind: row.kind,
         body: row.body,
-        attachments: Vec::new(),
+        attachments: row
+            .attachments
+            .0
+            .iter()
+            .map(|attachment| links.media(attachment, now))
+            .collect(),
         reply_to_id: row.reply_to_id,
         created_at: row.created_at,
         edited_at: row.edited_at,
@@ -119,6 +127,7 @@ async fn is_member(pool: &PgPool, conversation_id: Uuid, user_id: Uuid) -> sqlx:
 /// unread count in three more queries whatever the page size.
 async fn assemble(
     pool: &PgPool,
+    links: &MediaLinks,
     rows: Vec<ConversationRow>,
     caller: Uuid,
 ) -> sqlx::Result<Vec<Conversation>> {
@@ -160,7 +169,7 @@ async fn assemble(
             let members = members_by_conversation.remove(&row.id).unwrap_or_default();
             let last_message = last_by_conversation
                 .remove(&row.id)
-                .map(|message| to_message(message, caller, &members));
+                .map(|message| to_message(message, caller, &members, links));
             Conversation {
                 id: row.id,
                 kind: row.kind,
@@ -187,6 +196,7 @@ async fn assemble(
 /// One conversation as `caller` sees it; `None` when it does not exist or they are not a member.
 pub async fn load_conversation(
     pool: &PgPool,
+    links: &MediaLinks,
     conversation_id: Uuid,
     caller: Uuid,
 ) -> sqlx::Result<Option<Conversation>> {
@@ -200,7 +210,7 @@ pub async fn load_conversation(
     .fetch_optional(pool)
     .await?;
     match row {
-        Some(row) => Ok(assemble(pool, vec![row], caller).await?.pop()),
+        Some(row) => Ok(assemble(pool, links, vec![row], caller).await?.pop()),
         None => Ok(None),
     }
 }
@@ -208,6 +218,7 @@ pub async fn load_conversation(
 /// One message as `caller` sees it; `None` unless they are a member of its conversation.
 pub async fn load_message(
     pool: &PgPool,
+    links: &MediaLinks,
     message_id: Uuid,
     caller: Uuid,
 ) -> sqlx::Result<Option<Message>> {
@@ -222,7 +233,7 @@ pub async fn load_message(
     if !members.iter().any(|member| member.user_id == caller) {
         return Ok(None);
     }
-    Ok(Some(to_message(row, caller, &members)))
+    Ok(Some(to_message(row, caller, &members, links)))
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -292,7 +303,7 @@ pub async fn list_conversations(
     } else {
         None
     };
-    let items = assemble(&state.pool, rows, caller.user_id).await?;
+    let items = assemble(&state.pool, &state.links, rows, caller.user_id).await?;
     Ok(axum::Json(Page { items, next_cursor }))
 }
 
@@ -318,7 +329,7 @@ pub async fn get_conversation(
     Path(id): Path<String>,
 ) -> Result<axum::Json<Conversation>, ApiError> {
     let id: Uuid = id.parse().map_err(|_| conversation_not_found())?;
-    load_conversation(&state.pool, id, caller.user_id)
+    load_conversation(&state.pool, &state.links, id, caller.user_id)
         .await?
         .map(axum::Json)
         .ok_or_else(conversation_not_found)
@@ -373,7 +384,7 @@ pub async fn history(
     let members = members_of(&state.pool, &[id]).await?;
     let items = rows
         .into_iter()
-        .map(|row| to_message(row, caller.user_id, &members))
+        .map(|row| to_message(row, caller.user_id, &members, &state.links))
         .collect();
     Ok(axum::Json(MessagePage { items, has_more }))
 }
@@ -387,7 +398,7 @@ pub async fn get_message(
     Path(id): Path<String>,
 ) -> Result<axum::Json<Message>, ApiError> {
     let id: Uuid = id.parse().map_err(|_| message_not_found())?;
-    load_message(&state.pool, id, caller.user_id)
+    load_message(&state.pool, &state.links, id, caller.user_id)
         .await?
         .map(axum::Json)
         .ok_or_else(message_not_found)
@@ -402,7 +413,7 @@ pub async fn receipts(
     Path(id): Path<String>,
 ) -> Result<axum::Json<Vec<Receipt>>, ApiError> {
     let id: Uuid = id.parse().map_err(|_| message_not_found())?;
-    let message = load_message(&state.pool, id, caller.user_id)
+    let message = load_message(&state.pool, &state.links, id, caller.user_id)
         .await?
         .ok_or_else(message_not_found)?;
     let rows: Vec<Receipt> = sqlx::query_as(

@@ -4,10 +4,12 @@
 //! - [`users`]: `GET /api/v1/users`, `/users/{id}`, `/users/me`.
 //! - [`audit`]: the event log and conversations as they stood, for admins.
 //! - [`conversations`]: conversations, message history, messages and receipts.
+//! - [`media`]: `GET /api/v1/media/{id}` and the signed links that serve the bytes.
 //! - [`read_consistency`]: the middleware that does the waiting and the lag header.
 
 pub mod audit;
 pub mod conversations;
+pub mod media;
 pub mod users;
 
 use axum::extract::{FromRef, Request, State};
@@ -25,6 +27,10 @@ pub struct QueryState {
     pub authenticator: Arc<Authenticator>,
     /// Who is online, and when each user was last seen.
     pub presence: sessions::user_map::UserMap,
+    /// Mints and checks media links.
+    pub links: web::MediaLinks,
+    /// Where the uploaded images are read from.
+    pub media_store: ::media::MediaStore,
 }
 
 impl FromRef<QueryState> for Arc<Authenticator> {
@@ -44,6 +50,8 @@ pub fn router() -> OpenApiRouter<QueryState> {
         .routes(routes!(conversations::history))
         .routes(routes!(conversations::get_message))
         .routes(routes!(conversations::receipts))
+        .routes(routes!(media::get_media))
+        .routes(routes!(media::serve))
         .routes(routes!(audit::events))
         .routes(routes!(audit::conversation_state))
 }

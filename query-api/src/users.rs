@@ -4,11 +4,12 @@ use axum::extract::{Path, Query, State};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
+use domain::media::Attachment;
 use serde::Deserialize;
 use utoipa::IntoParams;
 use uuid::Uuid;
 use web::dto::{Page, User};
-use web::{ApiError, Caller};
+use web::{ApiError, Caller, MediaLinks};
 
 use crate::QueryState;
 
@@ -20,17 +21,23 @@ struct UserRow {
     display_name: String,
     bio: Option<String>,
     created_at: DateTime<Utc>,
+    avatar: Option<sqlx::types::Json<Attachment>>,
 }
 
 impl UserRow {
-    fn into_user(self, with_email: bool, presence: (bool, Option<String>)) -> User {
+    fn into_user(
+        self,
+        with_email: bool,
+        presence: (bool, Option<String>),
+        links: &MediaLinks,
+    ) -> User {
         let (online, last_seen) = presence;
         User {
             id: self.id,
             username: self.username,
             display_name: self.display_name,
             bio: self.bio,
-            avatar: None,
+            avatar: self.avatar.map(|avatar| links.media(&avatar.0, Utc::now())),
             online,
             last_seen_at: last_seen
                 .and_then(|time| DateTime::parse_from_rfc3339(&time).ok())
@@ -41,7 +48,11 @@ impl UserRow {
     }
 }
 
-const COLUMNS: &str = "id, username, email, display_name, bio, created_at";
+/// The user's columns, and their avatar as the `Attachment` a message would carry.
+const COLUMNS: &str = "id, username, email, display_name, bio, created_at,
+    (SELECT jsonb_build_object('media_id', m.id, 'image_type', m.content_type, 'size', m.size,
+                               'width', m.width, 'height', m.height, 'uploaded_at', m.created_at)
+       FROM media m WHERE m.id = users.avatar_media_id) AS avatar";
 
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -103,7 +114,7 @@ pub async fn list_users(
     let items: Vec<User> = rows
         .into_iter()
         .zip(presence)
-        .map(|(row, presence)| row.into_user(false, presence))
+        .map(|(row, presence)| row.into_user(false, presence, &state.links))
         .collect();
     let next_cursor = has_more
         .then(|| {
@@ -153,7 +164,11 @@ async fn find_user(
         .await?
         .pop()
         .unwrap_or_default();
-    Ok(axum::Json(row.into_user(with_email, presence)))
+    Ok(axum::Json(row.into_user(
+        with_email,
+        presence,
+        &state.links,
+    )))
 }
 
 /// Online flags and last-seen times from the user map; a Redis failure is a 503, as for

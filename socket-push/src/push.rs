@@ -42,6 +42,8 @@ pub struct PushRouter {
     pub conversations: Arc<AggregateStore<Conversation>>,
     pub accounts: Arc<AggregateStore<Account>>,
     pub delivery: Delivery,
+    /// Mints the media links in pushed messages and avatars.
+    pub links: web::MediaLinks,
 }
 
 pub fn inbox_key(namespace: &str, user_id: Uuid) -> String {
@@ -227,12 +229,18 @@ impl PushRouter {
             recipients.push(user_id);
         }
         let online = self.delivery.user_map.live_connections(user_id).await? > 0;
+        let avatar = match account.avatar_media_id {
+            Some(media_id) => command_api::media::attachment_from_log(&mut **transaction, media_id)
+                .await?
+                .map(|attachment| self.links.media(&attachment, chrono::Utc::now())),
+            None => None,
+        };
         let user = json!({
             "id": user_id,
             "username": account.username.as_ref().map(|name| name.as_str()),
             "display_name": account.display_name.as_ref().map(|name| name.as_str()),
             "bio": account.bio.as_ref().map(|bio| bio.as_str()),
-            "avatar": null,
+            "avatar": avatar,
             "online": online,
             "last_seen_at": null,
             "created_at": account.created_at.as_ref().map(rfc3339_string),
@@ -439,7 +447,7 @@ impl PushRouter {
             }
             sent @ ConversationEvent::MessageSent { seq, sender_id, .. } => {
                 let members = Self::members(transaction, conversation_id).await?;
-                let message = Message::sent(conversation_id, &sent)
+                let message = Message::sent(conversation_id, &sent, &self.links)
                     .ok_or_else(|| anyhow::anyhow!("MessageSent without a message"))?;
                 vec![Push {
                     recipients: members,
@@ -456,8 +464,13 @@ impl PushRouter {
                 at,
             } => {
                 let members = Self::members(transaction, conversation_id).await?;
-                let mut message =
-                    original_message(transaction, conversation_id, message_id.as_uuid()).await?;
+                let mut message = original_message(
+                    transaction,
+                    &self.links,
+                    conversation_id,
+                    message_id.as_uuid(),
+                )
+                .await?;
                 message["body"] = json!(body.as_str());
                 message["edited_at"] = json!(rfc3339_string(&at));
                 vec![push(members, frame("message.edited", Some(seq), message))]
@@ -466,8 +479,13 @@ impl PushRouter {
                 message_id, seq, ..
             } => {
                 let members = Self::members(transaction, conversation_id).await?;
-                let mut message =
-                    original_message(transaction, conversation_id, message_id.as_uuid()).await?;
+                let mut message = original_message(
+                    transaction,
+                    &self.links,
+                    conversation_id,
+                    message_id.as_uuid(),
+                )
+                .await?;
                 message["body"] = Value::Null;
                 message["attachments"] = json!([]);
                 message["deleted"] = json!(true);
@@ -505,13 +523,14 @@ fn system_message(
 /// The message as first sent (from its `MessageSent` event), in the REST shape.
 async fn original_message(
     transaction: &mut Transaction<'_, Postgres>,
+    links: &web::MediaLinks,
     conversation_id: Uuid,
     message_id: Uuid,
 ) -> anyhow::Result<Value> {
     let sent =
         command_api::conversations::sent_event(&mut **transaction, conversation_id, message_id)
             .await?;
-    let message = Message::sent(conversation_id, &sent).ok_or_else(|| {
+    let message = Message::sent(conversation_id, &sent, links).ok_or_else(|| {
         anyhow::anyhow!("message {message_id} is not indexed to a MessageSent event")
     })?;
     Ok(serde_json::to_value(message)?)

@@ -25,7 +25,7 @@ pub fn rfc3339_millis_option<S: Serializer>(
     }
 }
 
-/// An uploaded image (filled in by the media feature; `null` until then).
+/// An uploaded image; `url` and `thumbnail_url` are signed, time-limited links.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct Media {
     pub id: Uuid,
@@ -167,13 +167,14 @@ impl Message {
     pub fn sent(
         conversation_id: Uuid,
         event: &domain::conversation::ConversationEvent,
+        links: &crate::MediaLinks,
     ) -> Option<Self> {
         let domain::conversation::ConversationEvent::MessageSent {
             message_id,
             seq,
             sender_id,
             body,
-            attachment_ids,
+            attachments,
             reply_to_id,
             at,
             ..
@@ -186,9 +187,15 @@ impl Message {
             conversation_id,
             seq: *seq,
             sender_id: sender_id.as_uuid(),
-            kind: domain::conversation::sent_message_kind(body.as_ref(), attachment_ids).to_owned(),
+            kind: domain::conversation::sent_message_kind(body.as_ref(), attachments).to_owned(),
             body: body.as_ref().map(|body| body.as_str().to_owned()),
-            attachments: Vec::new(),
+            attachments: {
+                let now = Utc::now();
+                attachments
+                    .iter()
+                    .map(|attachment| links.media(attachment, now))
+                    .collect()
+            },
             reply_to_id: reply_to_id.map(|id| id.as_uuid()),
             created_at: *at,
             edited_at: None,

@@ -7,12 +7,15 @@
 //! - [`consistency`]: `X-Consistency-Token` encoding and the read-your-writes wait.
 //! - [`middleware`]: request ids, request metrics.
 //! - [`dto`]: wire types and the time format of the contract.
+//! - [`media_links`]: signed, time-limited links to stored images.
 
 pub mod consistency;
 pub mod dto;
 pub mod error;
 pub mod extract;
+pub mod media_links;
 pub mod middleware;
 
 pub use error::ApiError;
 pub use extract::{ApiJson, Authenticator, Caller, ClientAddress, RequestId};
+pub use media_links::MediaLinks;

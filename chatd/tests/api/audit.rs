@@ -168,7 +168,13 @@ async fn the_log_reads_back_with_filters_paging_and_metadata() {
     for (event, request_id) in events.iter().skip(1).zip(&request_ids) {
         assert_eq!(event["actor_id"], alice.id.to_string());
         assert_eq!(event["request_id"].as_str(), Some(request_id.as_str()));
-        assert_eq!(event["event_version"], "1.0");
+        // MessageSent is at version 2.0 (attachments); the rest are at 1.0.
+        let version = if event["event_type"] == "MessageSent" {
+            "2.0"
+        } else {
+            "1.0"
+        };
+        assert_eq!(event["event_version"], version);
         assert!(
             event["recorded_at"]
                 .as_str()
@@ -389,6 +395,42 @@ async fn replay_verifies_repairs_and_switches_while_the_app_runs() {
         .await;
         message_ids.push(message["id"].as_str().unwrap_or_default().to_owned());
     }
+    // An image, attached to a message and set as an avatar.
+    let upload = |user: &crate::helpers::TestUser| {
+        app.client
+            .post(app.url("/api/v1/media"))
+            .bearer_auth(user.access_token.clone())
+            .multipart(reqwest::multipart::Form::new().part(
+                "file",
+                reqwest::multipart::Part::bytes(media::corpus::png(40, 30)).file_name("a.png"),
+            ))
+            .send()
+    };
+    let image = json_body(
+        upload(&alice)
+            .await
+            .unwrap_or_else(|error| panic!("{error}")),
+    )
+    .await;
+    let sent = app
+        .post(
+            &format!("/api/v1/conversations/{id}/messages"),
+            Some(&alice.access_token),
+            &json!({"body": "with a picture", "attachment_ids": [image["id"]]}),
+        )
+        .await;
+    assert_eq!(sent.status(), StatusCode::CREATED);
+    let avatar = json_body(upload(&bob).await.unwrap_or_else(|error| panic!("{error}"))).await;
+    assert_eq!(
+        app.patch(
+            "/api/v1/users/me",
+            &bob.access_token,
+            &json!({"avatar_media_id": avatar["id"]})
+        )
+        .await
+        .status(),
+        StatusCode::OK
+    );
     assert_eq!(
         app.patch(
             &format!("/api/v1/messages/{}", message_ids[0]),

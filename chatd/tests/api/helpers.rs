@@ -51,6 +51,17 @@ pub fn fresh_settings() -> Settings {
         max_json_bytes: 64 * 1024,
         trusted_proxies: vec!["127.0.0.1".to_owned()],
         log_format: "text".to_owned(),
+        media_store: std::env::temp_dir()
+            .join(format!("chat_test_media_{id}"))
+            .to_string_lossy()
+            .into_owned(),
+        media_max_bytes: 10 * 1024 * 1024,
+        media_max_dimension: 8192,
+        media_max_pixels: 40_000_000,
+        media_decode_concurrency: 2,
+        media_link_ttl_secs: 3600,
+        public_url: String::new(),
+        media_s3_options: Vec::new(),
     }
 }
 
@@ -419,4 +430,41 @@ pub async fn spawn_app_behind_proxies() -> (TestApp, Proxies) {
     settings.redis_url = format!("redis://{}", proxies.redis.address);
     settings.amqp_url = format!("amqp://guest:guest@{}/%2f", proxies.rabbitmq.address);
     (spawn_app_with(settings, Roles::ALL).await, proxies)
+}
+
+/// The DOM of `url` after headless Chromium has run its scripts (up to 10 s of virtual time).
+pub async fn headless_dom(url: &str) -> String {
+    let browser = ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|name| {
+            std::process::Command::new(name)
+                .arg("--version")
+                .output()
+                .is_ok()
+        })
+        .unwrap_or_else(|| {
+            panic!("no Chromium found: scripts/test.sh installs it (apt-get install chromium)")
+        });
+    let profile = std::env::temp_dir().join(format!("chatd-browser-{}", Uuid::now_v7()));
+    let output = tokio::process::Command::new(browser)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--allow-file-access-from-files",
+            "--virtual-time-budget=10000",
+            &format!("--user-data-dir={}", profile.display()),
+            "--dump-dom",
+            url,
+        ])
+        .output()
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    let _ = std::fs::remove_dir_all(&profile);
+    String::from_utf8_lossy(&output.stdout).into_owned()
 }

@@ -6,6 +6,7 @@ mod audit;
 mod auth;
 mod conversations;
 mod helpers;
+mod media;
 mod operations;
 mod proxy;
 mod spine;

@@ -5,7 +5,7 @@ use reqwest::StatusCode;
 use serde_json::Value;
 use std::collections::BTreeSet;
 
-use crate::helpers::{header, json_body, spawn_app};
+use crate::helpers::{header, headless_dom, json_body, spawn_app};
 
 #[tokio::test]
 async fn health_readiness_and_metrics() {
@@ -181,6 +181,8 @@ fn compose_file_parses_and_names_only_services_it_defines() {
         "query-api",
         "projector",
         "socket-push",
+        "minio",
+        "minio-bucket",
         "edge",
     ] {
         assert!(
@@ -322,39 +324,7 @@ fn an_unreachable_dependency_is_a_one_line_error_naming_it() {
 #[tokio::test]
 async fn the_docs_page_renders_in_a_headless_browser() {
     let app = spawn_app().await;
-    let browser = ["chromium", "chromium-browser", "google-chrome"]
-        .into_iter()
-        .find(|name| {
-            std::process::Command::new(name)
-                .arg("--version")
-                .output()
-                .is_ok()
-        })
-        .unwrap_or_else(|| {
-            panic!("no Chromium found: scripts/test.sh installs it (apt-get install chromium)")
-        });
-    let profile = std::env::temp_dir().join(format!("chatd-docs-{}", uuid::Uuid::now_v7()));
-    let url = app.url("/docs/");
-    let output = tokio::process::Command::new(browser)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--virtual-time-budget=10000",
-            &format!("--user-data-dir={}", profile.display()),
-            "--dump-dom",
-            &url,
-        ])
-        .output()
-        .await
-        .unwrap_or_else(|error| panic!("{error}"));
-    let _ = std::fs::remove_dir_all(&profile);
-    let dom = String::from_utf8_lossy(&output.stdout);
+    let dom = headless_dom(&app.url("/docs/")).await;
     assert!(
         dom.contains("swagger-ui"),
         "no Swagger UI in the page: {dom}"

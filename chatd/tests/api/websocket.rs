@@ -250,7 +250,7 @@ async fn frames_over_64_kib_close_the_socket_with_1009() {
 }
 
 /// The next `event` frame (skipping others), within 5 s.
-async fn next_event(socket: &mut Socket) -> Value {
+pub(crate) async fn next_event(socket: &mut Socket) -> Value {
     loop {
         let frame = next_frame(socket).await;
         if frame["type"] == "event" {
@@ -259,7 +259,7 @@ async fn next_event(socket: &mut Socket) -> Value {
     }
 }
 
-async fn ready(socket: &mut Socket) -> Value {
+pub(crate) async fn ready(socket: &mut Socket) -> Value {
     let frame = next_frame(socket).await;
     assert_eq!(frame["type"], "ready", "{frame}");
     frame
@@ -1050,6 +1050,7 @@ async fn a_push_router_that_crashes_mid_batch_pushes_each_event_once_in_order() 
             )),
             accounts: std::sync::Arc::new(store::AggregateStore::new(app.pool.clone())),
             delivery,
+            links: web::MediaLinks::new([0; 32], 3600, ""),
         };
         let options = projector::ProjectorOptions {
             amqp_url: app.settings.amqp_url.clone(),

@@ -34,11 +34,7 @@ async fn main() -> anyhow::Result<()> {
         .transpose()?
         .unwrap_or(4);
     let namespace = format!("bench_{}", Uuid::now_v7().simple());
-    let database_url = format!(
-        "{}/chat_bench_{}",
-        scratch::POSTGRES,
-        Uuid::now_v7().simple()
-    );
+    let (database_url, pool) = scratch::database().await?;
     let media_dir = std::env::temp_dir().join(format!("chat_bench_media_{}", Uuid::now_v7()));
     let chatd::Cli {
         command: chatd::Command::Serve(settings),
@@ -65,9 +61,7 @@ async fn main() -> anyhow::Result<()> {
     {
         let _ = bus::Topology::new(&namespace).delete(&channel).await;
     }
-    if let Ok(pool) = store::connect(&database_url, 1).await {
-        scratch::drop(&database_url, pool).await;
-    }
+    scratch::drop(&database_url, pool).await;
     let _ = std::fs::remove_dir_all(&media_dir);
     result
 }

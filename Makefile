@@ -1,4 +1,4 @@
-.PHONY: run test bench-relay
+.PHONY: run test bench-relay bench-upload
 
 # Sets up Postgres, Redis and RabbitMQ if missing, then runs `chatd serve` on 127.0.0.1:8080.
 run:
@@ -11,3 +11,7 @@ test:
 # Outbox relay throughput: events/s from the outbox to the broker's confirm.
 bench-relay:
 	cargo run --release --locked -p chatd --example relay_bench -- 100000
+
+# Image uploads per second: a 2 MB JPEG through POST /api/v1/media.
+bench-upload:
+	cargo run --release --locked -p chatd --example upload_bench -- 200 4

@@ -83,7 +83,7 @@ fn photo() -> anyhow::Result<Vec<u8>> {
         ])
     });
     let mut bytes = Vec::new();
-    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 88).write_image(
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 92).write_image(
         image.as_raw(),
         width,
         height,

@@ -156,6 +156,12 @@ impl App {
                 presence: self.user_map(),
                 links: self.links.clone(),
                 media_store: self.media_store.clone(),
+                ice: query_api::calls::IceConfig {
+                    stun_urls: self.settings.stun_urls.clone(),
+                    turn_urls: self.settings.turn_urls.clone(),
+                    turn_secret: self.settings.turn_secret.clone(),
+                    ttl_secs: self.settings.turn_ttl_secs,
+                },
             };
             let (routes, _) = query_api::router().split_for_parts();
             let routes = routes.layer(axum::middleware::from_fn_with_state(
@@ -265,6 +271,8 @@ impl App {
             media: Arc::new(AggregateStore::<domain::media::Media>::new(
                 self.pool.clone(),
             )),
+            calls: Arc::new(AggregateStore::<domain::call::Call>::new(self.pool.clone())),
+            ring_timeout: Duration::from_secs(self.settings.call_ring_timeout_secs),
             uploads: command_api::media::Uploads {
                 store: self.media_store.clone(),
                 links: self.links.clone(),
@@ -291,6 +299,14 @@ impl App {
         let router = self.router()?;
         let mut loops = tokio::task::JoinSet::new();
         let topology = bus::Topology::new(&self.settings.namespace);
+        if self.roles.command {
+            // Every command-side process fires due ring timeouts; row locks share the work.
+            loops.spawn(command_api::calls::run_ring_timeouts(
+                self.command_state()?,
+                Duration::from_millis(250),
+                shutdown.clone(),
+            ));
+        }
         if self.roles.relay {
             let relay = bus::OutboxRelay::new(bus::RelayOptions {
                 database_url: self.settings.database_url.clone(),

@@ -193,6 +193,32 @@ pub struct Settings {
     /// links relative to the API's origin.
     #[arg(long, env = "CHAT_PUBLIC_URL", default_value = "")]
     pub public_url: String,
+    /// Seconds a call rings before it ends as missed.
+    #[arg(long, env = "CHAT_CALL_RING_TIMEOUT_SECS", default_value_t = 45)]
+    pub call_ring_timeout_secs: u64,
+    /// Comma-separated STUN URLs handed to clients (`stun:stun.example.com:3478`).
+    #[arg(
+        long,
+        env = "CHAT_STUN_URLS",
+        value_delimiter = ',',
+        default_value = ""
+    )]
+    pub stun_urls: Vec<String>,
+    /// Comma-separated TURN URLs (`turn:turn.example.com:3478?transport=udp`, `turns:…`).
+    #[arg(
+        long,
+        env = "CHAT_TURN_URLS",
+        value_delimiter = ',',
+        default_value = ""
+    )]
+    pub turn_urls: Vec<String>,
+    /// The shared secret of the TURN server's `use-auth-secret` (coturn
+    /// `static-auth-secret`); TURN URLs are handed out only with it.
+    #[arg(long, env = "CHAT_TURN_SECRET", hide_env_values = true)]
+    pub turn_secret: Option<String>,
+    /// Lifetime of issued TURN credentials in seconds.
+    #[arg(long, env = "CHAT_TURN_TTL_SECS", default_value_t = 86_400)]
+    pub turn_ttl_secs: u64,
     /// The `AWS_*` variables, for an `s3://` media store (read here, with the rest).
     #[arg(skip = aws_variables())]
     pub media_s3_options: Vec<(String, String)>,

@@ -21,6 +21,8 @@ pub const READ_MODELS: &[(&str, &str)] = &[
     ("conversation_members", "conversation_id, user_id"),
     ("messages", "id"),
     ("media", "id"),
+    ("calls", "id"),
+    ("call_participants", "call_id, user_id"),
     (
         "receipt_marks",
         "conversation_id, user_id, delivered_seq, read_seq",

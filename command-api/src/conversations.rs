@@ -700,6 +700,7 @@ pub fn conversation_error(error: ExecuteError<ConversationError>) -> ApiError {
         ConversationError::InvalidAttachments(_) => {
             ApiError::bad_request("invalid_attachments", detail)
         }
+        ConversationError::CallActive(_) => ApiError::conflict("call_active", detail),
         ConversationError::Lookup(cause) => ApiError::unavailable(cause),
     }
 }

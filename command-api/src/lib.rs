@@ -3,6 +3,7 @@
 //! `X-Consistency-Token`. Events reach the read models through the outbox, never from here.
 //!
 //! - [`auth`]: register, login, refresh, logout (`/api/v1/auth/*`).
+//! - [`calls`]: starting and answering calls, and the durable ring timeout.
 //! - [`conversations`]: conversations, members, messages and receipts, and the message index
 //!   the `Conversation` aggregate consults.
 //! - [`media`]: image uploads, and the ownership checks for attachments and avatars.
@@ -14,6 +15,7 @@
 //!   limits, in Redis.
 
 pub mod auth;
+pub mod calls;
 pub mod conversations;
 pub mod credentials;
 pub mod media;
@@ -47,6 +49,9 @@ pub struct CommandState {
     pub send_limits: SendLimits,
     pub refresh_token_lifetime: Duration,
     pub media: Arc<AggregateStore<domain::media::Media>>,
+    pub calls: Arc<AggregateStore<domain::call::Call>>,
+    /// How long a call rings before it ends as missed.
+    pub ring_timeout: Duration,
     pub uploads: media::Uploads,
 }
 
@@ -73,6 +78,11 @@ pub fn router() -> OpenApiRouter<CommandState> {
         .routes(routes!(conversations::edit_message))
         .routes(routes!(conversations::delete_message))
         .routes(routes!(conversations::move_receipts))
+        .routes(routes!(calls::start_call))
+        .routes(routes!(calls::accept_call))
+        .routes(routes!(calls::decline_call))
+        .routes(routes!(calls::leave_call))
+        .routes(routes!(calls::end_call))
         .merge(
             // The upload reads its body itself, counting against its own limit.
             OpenApiRouter::new()

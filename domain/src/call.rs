@@ -208,6 +208,8 @@ pub enum CallCommand {
         members: Vec<UserId>,
         media: CallMedia,
         at: DateTime<Utc>,
+        /// When the ring timeout fires (a scheduler reads it from the event).
+        rings_until: DateTime<Utc>,
     },
     Accept {
         user: UserId,
@@ -253,6 +255,8 @@ pub enum CallEvent {
         media: CallMedia,
         ringing: Vec<UserId>,
         started_at: DateTime<Utc>,
+        /// When the ring timeout fires: the scheduled command table takes it from here.
+        rings_until: DateTime<Utc>,
     },
     /// The user joined with these flags (screen sharing off). `answered` is set on the first
     /// accept, which makes the call active. A user who was not a participant yet is added.
@@ -499,6 +503,7 @@ impl Aggregate for Call {
                 members,
                 media,
                 at,
+                rings_until,
             } => {
                 if self.started_at.is_some() {
                     return Err(CallError::AlreadyExists);
@@ -511,6 +516,7 @@ impl Aggregate for Call {
                     media,
                     ringing: to_ring(initiator, members)?,
                     started_at: at,
+                    rings_until,
                 };
                 self.emit(sink, event).await;
             }
@@ -615,6 +621,7 @@ impl Aggregate for Call {
                 media,
                 ringing,
                 started_at,
+                ..
             } => {
                 self.id = Some(call_id);
                 self.conversation_id = Some(conversation_id);
@@ -873,6 +880,7 @@ mod tests {
                     vec![self.bob, self.carol]
                 },
                 started_at: at(),
+                rings_until: at(),
             }
         }
 
@@ -1004,6 +1012,7 @@ mod tests {
                 members: vec![people.carol, people.alice, people.bob, people.carol],
                 media: CallMedia::Audio,
                 at: at(),
+                rings_until: at(),
             })
             .then_expect_events(vec![people.group()]);
     }
@@ -1021,6 +1030,7 @@ mod tests {
                 members: vec![people.alice, people.bob],
                 media: CallMedia::Video,
                 at: at(),
+                rings_until: at(),
             },
         );
         assert_eq!(call.id(), Some(people.call_id));
@@ -1063,6 +1073,7 @@ mod tests {
                 members: vec![people.alice, people.bob],
                 media: CallMedia::Audio,
                 at: at(),
+                rings_until: at(),
             })
             .then_expect_error(CallError::AlreadyExists);
     }
@@ -1080,6 +1091,7 @@ mod tests {
                 members: vec![people.alice, people.alice],
                 media: CallMedia::Audio,
                 at: at(),
+                rings_until: at(),
             })
             .then_expect_error(CallError::NoOneToCall);
     }
@@ -1097,6 +1109,7 @@ mod tests {
                 members: vec![people.alice, people.bob],
                 media: CallMedia::Audio,
                 at: at(),
+                rings_until: at(),
             })
             .then_expect_error(CallError::NotAllowed);
     }
@@ -1336,6 +1349,7 @@ mod tests {
             media: CallMedia::Audio,
             ringing: vec![people.bob, people.carol],
             started_at: at(),
+            rings_until: at(),
         };
         CallTest::with(())
             .given(vec![three_way, declined(people.bob, 3)])

@@ -18,8 +18,9 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 use crate::account::ValueError;
+use crate::call::{CallMedia, EndReason};
 use crate::media::Attachment;
-use crate::{ConversationId, MediaId, MessageId, UserId};
+use crate::{CallId, ConversationId, MediaId, MessageId, UserId};
 
 /// The most members a group may have.
 pub const MAX_GROUP_MEMBERS: usize = 1000;
@@ -144,6 +145,54 @@ pub fn system_message_id(conversation_id: ConversationId, seq: i64) -> Uuid {
     )
 }
 
+/// The `kind: "call"` timeline message of a call start or end: where it is, who started the
+/// call, and its details (`action`: `call_started` or `call_ended`, `call_id`, `media`, and
+/// for an end `end_reason` and `duration_ms`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct CallMessage {
+    pub seq: i64,
+    pub initiator_id: UserId,
+    pub details: serde_json::Value,
+    pub at: DateTime<Utc>,
+}
+
+/// The call message `event` puts in the timeline; `None` for every other event.
+pub fn call_message(event: &ConversationEvent) -> Option<CallMessage> {
+    match event {
+        ConversationEvent::CallStarted {
+            call_id,
+            seq,
+            initiator_id,
+            media,
+            at,
+        } => Some(CallMessage {
+            seq: *seq,
+            initiator_id: *initiator_id,
+            details: serde_json::json!({
+                "action": "call_started", "call_id": call_id, "media": media.as_str(),
+            }),
+            at: *at,
+        }),
+        ConversationEvent::CallEnded {
+            call_id,
+            seq,
+            initiator_id,
+            reason,
+            duration_ms,
+            at,
+        } => Some(CallMessage {
+            seq: *seq,
+            initiator_id: *initiator_id,
+            details: serde_json::json!({
+                "action": "call_ended", "call_id": call_id, "end_reason": reason.as_str(),
+                "duration_ms": duration_ms,
+            }),
+            at: *at,
+        }),
+        _ => None,
+    }
+}
+
 /// What a decision needs to know about one stored message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MessageFacts {
@@ -236,6 +285,23 @@ pub enum ConversationCommand {
         read_seq: Option<i64>,
         at: DateTime<Utc>,
     },
+    /// Puts a call's start into the timeline and makes it the conversation's one active call.
+    /// Posting the same call again writes nothing.
+    PostCallStarted {
+        call_id: CallId,
+        initiator_id: UserId,
+        media: CallMedia,
+        at: DateTime<Utc>,
+    },
+    /// Puts the active call's end into the timeline and frees the conversation for the next
+    /// call. For any call but the active one it writes nothing (it was posted already).
+    PostCallEnded {
+        call_id: CallId,
+        initiator_id: UserId,
+        reason: EndReason,
+        duration_ms: Option<i64>,
+        at: DateTime<Utc>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -302,6 +368,23 @@ pub enum ConversationEvent {
         read_seq: i64,
         at: DateTime<Utc>,
     },
+    /// A call started: a `kind: "call"` message at `seq`; the call is the active one.
+    CallStarted {
+        call_id: CallId,
+        seq: i64,
+        initiator_id: UserId,
+        media: CallMedia,
+        at: DateTime<Utc>,
+    },
+    /// The active call ended: a `kind: "call"` message at `seq`.
+    CallEnded {
+        call_id: CallId,
+        seq: i64,
+        initiator_id: UserId,
+        reason: EndReason,
+        duration_ms: Option<i64>,
+        at: DateTime<Utc>,
+    },
 }
 
 impl ConversationEvent {
@@ -315,6 +398,8 @@ impl ConversationEvent {
         ("MessageEdited", "1.0"),
         ("MessageDeleted", "1.0"),
         ("ReceiptsMoved", "1.0"),
+        ("ConversationCallStarted", "1.0"),
+        ("ConversationCallEnded", "1.0"),
     ];
 }
 
@@ -329,6 +414,8 @@ impl DomainEvent for ConversationEvent {
             Self::MessageEdited { .. } => "MessageEdited",
             Self::MessageDeleted { .. } => "MessageDeleted",
             Self::ReceiptsMoved { .. } => "ReceiptsMoved",
+            Self::CallStarted { .. } => "ConversationCallStarted",
+            Self::CallEnded { .. } => "ConversationCallEnded",
         };
         name.to_owned()
     }
@@ -370,6 +457,8 @@ pub enum ConversationError {
     EmptyMessage,
     #[error("{0}")]
     InvalidAttachments(&'static str),
+    #[error("the conversation already has an active call")]
+    CallActive(CallId),
     #[error("message lookup failed: {0}")]
     Lookup(String),
 }
@@ -386,6 +475,9 @@ pub struct Conversation {
     pub last_seq: i64,
     pub created_at: Option<DateTime<Utc>>,
     pub last_activity_at: Option<DateTime<Utc>>,
+    /// The call going on in this conversation (at most one), and since when.
+    #[serde(default)]
+    pub active_call: Option<(CallId, DateTime<Utc>)>,
 }
 
 impl Conversation {
@@ -614,6 +706,51 @@ impl Aggregate for Conversation {
                     self.emit(sink, event).await;
                 }
             }
+            ConversationCommand::PostCallStarted {
+                call_id,
+                initiator_id,
+                media,
+                at,
+            } => {
+                self.member(initiator_id)?;
+                match self.active_call {
+                    Some((active, _)) if active == call_id => {}
+                    Some((active, _)) => return Err(ConversationError::CallActive(active)),
+                    None => {
+                        let event = ConversationEvent::CallStarted {
+                            call_id,
+                            seq: self.next_seq(),
+                            initiator_id,
+                            media,
+                            at,
+                        };
+                        self.emit(sink, event).await;
+                    }
+                }
+            }
+            ConversationCommand::PostCallEnded {
+                call_id,
+                initiator_id,
+                reason,
+                duration_ms,
+                at,
+            } => {
+                self.id()?;
+                if self
+                    .active_call
+                    .is_some_and(|(active, _)| active == call_id)
+                {
+                    let event = ConversationEvent::CallEnded {
+                        call_id,
+                        seq: self.next_seq(),
+                        initiator_id,
+                        reason,
+                        duration_ms,
+                        at,
+                    };
+                    self.emit(sink, event).await;
+                }
+            }
         }
         Ok(())
     }
@@ -680,6 +817,16 @@ impl Aggregate for Conversation {
                 }
             }
             ConversationEvent::MessageEdited { .. } | ConversationEvent::MessageDeleted { .. } => {}
+            ConversationEvent::CallStarted {
+                call_id, seq, at, ..
+            } => {
+                self.timeline_advanced(seq, at);
+                self.active_call = Some((call_id, at));
+            }
+            ConversationEvent::CallEnded { seq, at, .. } => {
+                self.timeline_advanced(seq, at);
+                self.active_call = None;
+            }
             ConversationEvent::ReceiptsMoved {
                 user_id,
                 delivered_seq,
@@ -1329,6 +1476,15 @@ mod tests {
                 read_seq: 4,
                 at: at(),
             },
+            call_started(&group, CallId::new(), 5),
+            ConversationEvent::CallEnded {
+                call_id: CallId::new(),
+                seq: 6,
+                initiator_id: group.owner,
+                reason: EndReason::Missed,
+                duration_ms: None,
+                at: at(),
+            },
         ];
         let seen: Vec<(String, String)> = samples
             .iter()
@@ -1339,5 +1495,115 @@ mod tests {
             .map(|(name, version)| ((*name).to_owned(), (*version).to_owned()))
             .collect();
         assert_eq!(seen, pinned);
+    }
+
+    fn call_started(group: &Group, call_id: CallId, seq: i64) -> ConversationEvent {
+        ConversationEvent::CallStarted {
+            call_id,
+            seq,
+            initiator_id: group.owner,
+            media: CallMedia::Video,
+            at: at(),
+        }
+    }
+
+    fn post_started(call_id: CallId, by: UserId) -> ConversationCommand {
+        ConversationCommand::PostCallStarted {
+            call_id,
+            initiator_id: by,
+            media: CallMedia::Video,
+            at: at(),
+        }
+    }
+
+    fn post_ended(group: &Group, call_id: CallId) -> ConversationCommand {
+        ConversationCommand::PostCallEnded {
+            call_id,
+            initiator_id: group.owner,
+            reason: EndReason::Completed,
+            duration_ms: Some(61_000),
+            at: at(),
+        }
+    }
+
+    #[test]
+    fn a_call_start_goes_into_the_timeline_and_becomes_the_active_call() {
+        let group = Group::new();
+        let call_id = CallId::new();
+        TestFramework::<Conversation>::with(services(vec![]))
+            .given(vec![group.created()])
+            .when(post_started(call_id, group.owner))
+            .then_expect_events(vec![call_started(&group, call_id, 1)]);
+        let mut conversation = Conversation::default();
+        conversation.apply(group.created());
+        conversation.apply(call_started(&group, call_id, 1));
+        assert_eq!(conversation.active_call, Some((call_id, at())));
+        assert_eq!(conversation.last_seq, 1);
+    }
+
+    #[test]
+    fn a_second_call_is_refused_while_one_is_active_and_a_retry_writes_nothing() {
+        let group = Group::new();
+        let (first, second) = (CallId::new(), CallId::new());
+        TestFramework::<Conversation>::with(services(vec![]))
+            .given(vec![group.created(), call_started(&group, first, 1)])
+            .when(post_started(second, group.member))
+            .then_expect_error(ConversationError::CallActive(first));
+        TestFramework::<Conversation>::with(services(vec![]))
+            .given(vec![group.created(), call_started(&group, first, 1)])
+            .when(post_started(first, group.owner))
+            .then_expect_events(vec![]);
+    }
+
+    #[test]
+    fn only_members_start_calls() {
+        let group = Group::new();
+        TestFramework::<Conversation>::with(services(vec![]))
+            .given(vec![group.created()])
+            .when(post_started(CallId::new(), group.other))
+            .then_expect_error(ConversationError::NotFound);
+    }
+
+    #[test]
+    fn the_end_of_the_active_call_goes_into_the_timeline_once() {
+        let group = Group::new();
+        let call_id = CallId::new();
+        let ended = ConversationEvent::CallEnded {
+            call_id,
+            seq: 2,
+            initiator_id: group.owner,
+            reason: EndReason::Completed,
+            duration_ms: Some(61_000),
+            at: at(),
+        };
+        TestFramework::<Conversation>::with(services(vec![]))
+            .given(vec![group.created(), call_started(&group, call_id, 1)])
+            .when(post_ended(&group, call_id))
+            .then_expect_events(vec![ended.clone()]);
+        // Posted already (or never active): nothing more.
+        TestFramework::<Conversation>::with(services(vec![]))
+            .given(vec![
+                group.created(),
+                call_started(&group, call_id, 1),
+                ended.clone(),
+            ])
+            .when(post_ended(&group, call_id))
+            .then_expect_events(vec![]);
+        // After the end, the next call may start.
+        let next = CallId::new();
+        TestFramework::<Conversation>::with(services(vec![]))
+            .given(vec![
+                group.created(),
+                call_started(&group, call_id, 1),
+                ended,
+            ])
+            .when(post_started(next, group.member))
+            .then_expect_events(vec![ConversationEvent::CallStarted {
+                call_id: next,
+                seq: 3,
+                initiator_id: group.member,
+                media: CallMedia::Video,
+                at: at(),
+            }]);
     }
 }

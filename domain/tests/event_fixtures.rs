@@ -93,7 +93,7 @@ fn every_fixture_reads_into_the_current_type() {
             checked += 1;
         }
     }
-    assert!(checked >= 28, "only {checked} fixtures");
+    assert!(checked >= 30, "only {checked} fixtures");
 }
 
 #[test]

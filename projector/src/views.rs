@@ -4,6 +4,7 @@
 use bus::EventMessage;
 use cqrs_es::Aggregate;
 use domain::account::{Account, AccountEvent};
+use domain::call::{Call, CallEvent, CallMedia};
 use domain::conversation::{Conversation, ConversationEvent};
 use domain::media::{Media, MediaEvent};
 use serde_json::json;
@@ -77,6 +78,16 @@ pub async fn apply(
                 message.payload.clone(),
             ))?;
             apply_media(transaction, event).await
+        }
+        Call::TYPE => {
+            let event: CallEvent = serde_json::from_value(domain::upcasting::upcast_payload(
+                &message.aggregate_type,
+                &message.event_type,
+                &message.event_version,
+                message.payload.clone(),
+            ))?;
+            let call_id: Uuid = message.aggregate_id.parse()?;
+            apply_call(transaction, call_id, event).await
         }
         // Event types of later features are ignored until a view needs them.
         _ => Ok(()),
@@ -158,6 +169,31 @@ async fn apply_conversation(
     event: ConversationEvent,
 ) -> anyhow::Result<()> {
     match event {
+        event @ (ConversationEvent::CallStarted { .. } | ConversationEvent::CallEnded { .. }) => {
+            let Some(call) = domain::conversation::call_message(&event) else {
+                return Ok(());
+            };
+            // A call message: its details go where a system message's do, and its id comes from
+            // its place in the timeline.
+            let message_id = domain::conversation::system_message_id(
+                domain::ConversationId::from_uuid(conversation_id),
+                call.seq,
+            );
+            sqlx::query(
+                "INSERT INTO messages (id, conversation_id, seq, sender_id, kind, body, system, created_at)
+                 VALUES ($1, $2, $3, $4, 'call', $5, $6, $7)",
+            )
+            .bind(message_id)
+            .bind(conversation_id)
+            .bind(call.seq)
+            .bind(call.initiator_id.as_uuid())
+            .bind(call.details["action"].as_str())
+            .bind(&call.details)
+            .bind(call.at)
+            .execute(&mut **transaction)
+            .await?;
+            advance_timeline(transaction, conversation_id, call.seq, call.at).await?;
+        }
         ConversationEvent::Created {
             kind,
             title,
@@ -578,6 +614,184 @@ async fn apply_media(
             .bind(at)
             .execute(&mut **transaction)
             .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Sets one participant's row (adding it at the end of the list when new).
+#[allow(clippy::too_many_arguments)]
+async fn upsert_participant(
+    transaction: &mut Transaction<'_, Postgres>,
+    call_id: Uuid,
+    user_id: Uuid,
+    state: &str,
+    joined_at: Option<chrono::DateTime<chrono::Utc>>,
+    audio: bool,
+    video: bool,
+) -> anyhow::Result<()> {
+    sqlx::query(
+        "INSERT INTO call_participants (call_id, user_id, position, state, joined_at, audio, video)
+         VALUES ($1, $2, (SELECT count(*) FROM call_participants WHERE call_id = $1), $3, $4, $5, $6)
+         ON CONFLICT (call_id, user_id) DO UPDATE
+            SET state = EXCLUDED.state, joined_at = EXCLUDED.joined_at, left_at = NULL,
+                audio = EXCLUDED.audio, video = EXCLUDED.video, screen = false",
+    )
+    .bind(call_id)
+    .bind(user_id)
+    .bind(state)
+    .bind(joined_at)
+    .bind(audio)
+    .bind(video)
+    .execute(&mut **transaction)
+    .await?;
+    Ok(())
+}
+
+/// Moves participants to `state`; `left_at` is set for those who leave, flags go off.
+async fn set_participants(
+    transaction: &mut Transaction<'_, Postgres>,
+    call_id: Uuid,
+    user_ids: &[Uuid],
+    state: &str,
+    left_at: Option<chrono::DateTime<chrono::Utc>>,
+) -> anyhow::Result<()> {
+    sqlx::query(
+        "UPDATE call_participants SET state = $3, left_at = COALESCE($4, left_at),
+                audio = false, video = false, screen = false
+          WHERE call_id = $1 AND user_id = ANY($2)",
+    )
+    .bind(call_id)
+    .bind(user_ids)
+    .bind(state)
+    .bind(left_at)
+    .execute(&mut **transaction)
+    .await?;
+    Ok(())
+}
+
+async fn apply_call(
+    transaction: &mut Transaction<'_, Postgres>,
+    call_id: Uuid,
+    event: CallEvent,
+) -> anyhow::Result<()> {
+    match event {
+        CallEvent::Started {
+            conversation_id,
+            initiator_id,
+            media,
+            ringing,
+            started_at,
+            ..
+        } => {
+            sqlx::query(
+                "INSERT INTO calls (id, conversation_id, initiator_id, media, state, started_at)
+                 VALUES ($1, $2, $3, $4, 'ringing', $5)",
+            )
+            .bind(call_id)
+            .bind(conversation_id.as_uuid())
+            .bind(initiator_id.as_uuid())
+            .bind(media.as_str())
+            .bind(started_at)
+            .execute(&mut **transaction)
+            .await?;
+            upsert_participant(
+                transaction,
+                call_id,
+                initiator_id.as_uuid(),
+                "joined",
+                Some(started_at),
+                true,
+                media == CallMedia::Video,
+            )
+            .await?;
+            for user_id in ringing {
+                upsert_participant(
+                    transaction,
+                    call_id,
+                    user_id.as_uuid(),
+                    "ringing",
+                    None,
+                    false,
+                    false,
+                )
+                .await?;
+            }
+        }
+        CallEvent::Accepted {
+            user_id,
+            answered,
+            audio,
+            video,
+            at,
+        } => {
+            upsert_participant(
+                transaction,
+                call_id,
+                user_id.as_uuid(),
+                "joined",
+                Some(at),
+                audio,
+                video,
+            )
+            .await?;
+            if answered {
+                sqlx::query("UPDATE calls SET state = 'active', answered_at = $2 WHERE id = $1")
+                    .bind(call_id)
+                    .bind(at)
+                    .execute(&mut **transaction)
+                    .await?;
+            }
+        }
+        CallEvent::Declined { user_id, .. } => {
+            set_participants(transaction, call_id, &[user_id.as_uuid()], "declined", None).await?;
+        }
+        CallEvent::ParticipantLeft { user_id, at } => {
+            set_participants(transaction, call_id, &[user_id.as_uuid()], "left", Some(at)).await?;
+        }
+        CallEvent::MediaChanged {
+            user_id,
+            audio,
+            video,
+            screen,
+        } => {
+            sqlx::query(
+                "UPDATE call_participants SET audio = $3, video = $4, screen = $5
+                  WHERE call_id = $1 AND user_id = $2",
+            )
+            .bind(call_id)
+            .bind(user_id.as_uuid())
+            .bind(audio)
+            .bind(video)
+            .bind(screen)
+            .execute(&mut **transaction)
+            .await?;
+        }
+        CallEvent::RingingMissed { user_ids, .. } => {
+            let user_ids: Vec<Uuid> = user_ids.iter().map(|id| id.as_uuid()).collect();
+            set_participants(transaction, call_id, &user_ids, "missed", None).await?;
+        }
+        CallEvent::Ended {
+            reason,
+            ended_at,
+            duration_ms,
+            missed,
+            left,
+        } => {
+            sqlx::query(
+                "UPDATE calls SET state = 'ended', end_reason = $2, ended_at = $3, duration_ms = $4
+                  WHERE id = $1",
+            )
+            .bind(call_id)
+            .bind(reason.as_str())
+            .bind(ended_at)
+            .bind(duration_ms)
+            .execute(&mut **transaction)
+            .await?;
+            let missed: Vec<Uuid> = missed.iter().map(|id| id.as_uuid()).collect();
+            set_participants(transaction, call_id, &missed, "missed", None).await?;
+            let left: Vec<Uuid> = left.iter().map(|id| id.as_uuid()).collect();
+            set_participants(transaction, call_id, &left, "left", Some(ended_at)).await?;
         }
     }
     Ok(())

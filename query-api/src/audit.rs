@@ -225,6 +225,12 @@ pub async fn rebuild_conversation(
                     messages.insert(*seq, message);
                 }
             }
+            ConversationEvent::CallStarted { seq, .. }
+            | ConversationEvent::CallEnded { seq, .. } => {
+                if let Some(message) = Message::call(conversation_id, &event) {
+                    messages.insert(*seq, message);
+                }
+            }
             ConversationEvent::MessageEdited { seq, body, at, .. } => {
                 if let Some(message) = messages.get_mut(seq) {
                     message.body = Some(body.as_str().to_owned());

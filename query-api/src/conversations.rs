@@ -58,7 +58,7 @@ const MESSAGE_COLUMNS: &str = "id, conversation_id, seq, sender_id, kind, body, 
 /// The sender's view of a message: `read` once every other member's read watermark reached
 /// it, `delivered` once every delivered watermark did, else `sent`. `None` for others.
 fn status(row: &MessageRow, caller: Uuid, members: &[MemberRow]) -> Option<String> {
-    if row.sender_id != caller || row.kind == "system" {
+    if row.sender_id != caller || row.kind == "system" || row.kind == "call" {
         return None;
     }
     let others: Vec<&MemberRow> = members
@@ -81,6 +81,11 @@ fn status(row: &MessageRow, caller: Uuid, members: &[MemberRow]) -> Option<Strin
 fn to_message(row: MessageRow, caller: Uuid, members: &[MemberRow], links: &MediaLinks) -> Message {
     let status = status(&row, caller, members);
     let now = Utc::now();
+    // The `system` column holds the details of system and call messages alike.
+    let (system, call) = match row.kind.as_str() {
+        "call" => (None, row.system),
+        _ => (row.system, None),
+    };
     Message {
         id: row.id,
         conversation_id: row.conversation_id,
@@ -99,7 +104,8 @@ fn to_message(row: MessageRow, caller: Uuid, members: &[MemberRow], links: &Medi
         edited_at: row.edited_at,
         deleted: row.deleted,
         status,
-        system: row.system,
+        system,
+        call,
     }
 }
 

@@ -2,12 +2,14 @@
 //! `X-Read-Model-Lag-Ms`; a request with `X-Consistency-Token` waits for that write first.
 //!
 //! - [`users`]: `GET /api/v1/users`, `/users/{id}`, `/users/me`.
+//! - [`calls`]: calls, a conversation's call history, and ICE servers with TURN credentials.
 //! - [`audit`]: the event log and conversations as they stood, for admins.
 //! - [`conversations`]: conversations, message history, messages and receipts.
 //! - [`media`]: `GET /api/v1/media/{id}` and the signed links that serve the bytes.
 //! - [`read_consistency`]: the middleware that does the waiting and the lag header.
 
 pub mod audit;
+pub mod calls;
 pub mod conversations;
 pub mod media;
 pub mod users;
@@ -31,6 +33,8 @@ pub struct QueryState {
     pub links: web::MediaLinks,
     /// Where the uploaded images are read from.
     pub media_store: ::media::MediaStore,
+    /// STUN and TURN servers handed to callers.
+    pub ice: calls::IceConfig,
 }
 
 impl FromRef<QueryState> for Arc<Authenticator> {
@@ -51,6 +55,9 @@ pub fn router() -> OpenApiRouter<QueryState> {
         .routes(routes!(conversations::get_message))
         .routes(routes!(conversations::receipts))
         .routes(routes!(media::get_media))
+        .routes(routes!(calls::ice_servers))
+        .routes(routes!(calls::get_call))
+        .routes(routes!(calls::conversation_calls))
         .routes(routes!(media::serve))
         .routes(routes!(audit::events))
         .routes(routes!(audit::conversation_state))

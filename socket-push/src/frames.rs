@@ -4,8 +4,10 @@
 
 use crate::PushState;
 use crate::delivery::Addressed;
+use command_api::calls::CallAction;
 use command_api::conversations::{ReceiptsRequest, SendMessageRequest};
-use domain::ConversationId;
+use domain::call::CallMedia;
+use domain::{CallId, ConversationId};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -43,6 +45,56 @@ pub enum ClientFrame {
         conversation_id: Uuid,
         delivered_seq: Option<i64>,
         read_seq: Option<i64>,
+    },
+    #[serde(rename = "call.start")]
+    CallStart {
+        #[serde(rename = "ref")]
+        reference: Option<Value>,
+        conversation_id: Uuid,
+        media: CallMedia,
+    },
+    #[serde(rename = "call.accept")]
+    CallAccept {
+        #[serde(rename = "ref")]
+        reference: Option<Value>,
+        call_id: Uuid,
+    },
+    #[serde(rename = "call.decline")]
+    CallDecline {
+        #[serde(rename = "ref")]
+        reference: Option<Value>,
+        call_id: Uuid,
+    },
+    #[serde(rename = "call.leave")]
+    CallLeave {
+        #[serde(rename = "ref")]
+        reference: Option<Value>,
+        call_id: Uuid,
+    },
+    #[serde(rename = "call.end")]
+    CallEnd {
+        #[serde(rename = "ref")]
+        reference: Option<Value>,
+        call_id: Uuid,
+    },
+    #[serde(rename = "call.media")]
+    CallMediaFlags {
+        #[serde(rename = "ref")]
+        reference: Option<Value>,
+        call_id: Uuid,
+        audio: bool,
+        video: bool,
+        screen: bool,
+    },
+    /// Opaque WebRTC signalling (SDP offer or answer, ICE candidate, renegotiation) for one
+    /// other participant of the same call.
+    #[serde(rename = "call.signal")]
+    CallSignal {
+        #[serde(rename = "ref")]
+        reference: Option<Value>,
+        call_id: Uuid,
+        to_user_id: Uuid,
+        signal: Value,
     },
 }
 
@@ -149,7 +201,161 @@ pub async fn handle(state: &PushState, caller: &Caller, text: &str) -> Option<Va
                 }
             }
         }
+        ClientFrame::CallStart {
+            reference,
+            conversation_id,
+            media,
+        } => {
+            let outcome = command_api::calls::start(
+                commands,
+                &request_id,
+                caller.user_id,
+                ConversationId::from_uuid(conversation_id),
+                media,
+            )
+            .await;
+            Some(answer(reference, outcome))
+        }
+        ClientFrame::CallAccept { reference, call_id } => Some(
+            call_action(
+                state,
+                caller,
+                &request_id,
+                reference,
+                call_id,
+                CallAction::Accept,
+            )
+            .await,
+        ),
+        ClientFrame::CallDecline { reference, call_id } => Some(
+            call_action(
+                state,
+                caller,
+                &request_id,
+                reference,
+                call_id,
+                CallAction::Decline,
+            )
+            .await,
+        ),
+        ClientFrame::CallLeave { reference, call_id } => Some(
+            call_action(
+                state,
+                caller,
+                &request_id,
+                reference,
+                call_id,
+                CallAction::Leave,
+            )
+            .await,
+        ),
+        ClientFrame::CallEnd { reference, call_id } => Some(
+            call_action(
+                state,
+                caller,
+                &request_id,
+                reference,
+                call_id,
+                CallAction::End,
+            )
+            .await,
+        ),
+        ClientFrame::CallMediaFlags {
+            reference,
+            call_id,
+            audio,
+            video,
+            screen,
+        } => {
+            let action = CallAction::Media {
+                audio,
+                video,
+                screen,
+            };
+            Some(call_action(state, caller, &request_id, reference, call_id, action).await)
+        }
+        // A relayed signal is not acknowledged; a refused one is answered without the ref, as
+        // the contract says, whatever the client sent.
+        ClientFrame::CallSignal {
+            call_id,
+            to_user_id,
+            signal,
+            ..
+        } => relay_signal(state, caller.user_id, call_id, to_user_id, signal)
+            .await
+            .err()
+            .map(
+                |failure| json!({"type": "error", "code": failure.code, "detail": failure.detail}),
+            ),
     }
+}
+
+fn answer(
+    reference: Option<Value>,
+    outcome: Result<(web::dto::Call, store::StreamPosition), ApiError>,
+) -> Value {
+    let reference = reference.unwrap_or(Value::Null);
+    match outcome {
+        Ok((call, _)) => ack(reference, serde_json::to_value(call).unwrap_or(Value::Null)),
+        Err(failure) => problem(reference, &failure),
+    }
+}
+
+async fn call_action(
+    state: &PushState,
+    caller: &Caller,
+    request_id: &RequestId,
+    reference: Option<Value>,
+    call_id: Uuid,
+    action: CallAction,
+) -> Value {
+    let outcome = command_api::calls::act(
+        &state.commands,
+        request_id,
+        caller.user_id,
+        CallId::from_uuid(call_id),
+        action,
+    )
+    .await;
+    answer(reference, outcome)
+}
+
+/// Relays a signal between two participants (ringing or joined) of the same call, to every
+/// connection of the recipient on any node. Nothing of it is stored or logged.
+async fn relay_signal(
+    state: &PushState,
+    from: Uuid,
+    call_id: Uuid,
+    to: Uuid,
+    signal: Value,
+) -> Result<(), ApiError> {
+    let not_a_participant = || {
+        ApiError::new(
+            axum::http::StatusCode::FORBIDDEN,
+            "not_a_participant",
+            "signals go between participants of the same call",
+        )
+    };
+    let call = command_api::calls::load(&state.commands, CallId::from_uuid(call_id))
+        .await?
+        .ok_or_else(not_a_participant)?;
+    let participant = |user: Uuid| call.is_participant(domain::UserId::from_uuid(user));
+    if from == to || !participant(from) || !participant(to) {
+        return Err(not_a_participant());
+    }
+    let text =
+        json!({"type": "call.signal", "call_id": call_id, "from_user_id": from, "signal": signal})
+            .to_string();
+    metrics::counter!("chat_call_signals_total").increment(1);
+    state
+        .delivery
+        .deliver(vec![Addressed {
+            user_id: to,
+            cursor: None,
+            text,
+        }])
+        .await
+        .map_err(ApiError::unavailable)
 }
 
 /// Typing never touches the event log: it goes straight to the other members' connections,

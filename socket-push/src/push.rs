@@ -94,6 +94,10 @@ impl projector::Handler for PushRouter {
                     ))?;
                 self.route_account(transaction, user_id, payload).await?
             }
+            domain::call::Call::TYPE => {
+                let call_id: Uuid = event.aggregate_id.parse()?;
+                self.route_call(transaction, call_id, event).await?
+            }
             _ => Vec::new(),
         };
         for push in &mut pushes {
@@ -248,6 +252,39 @@ impl PushRouter {
         let frame = json!({"type": "event", "event": "user.updated", "data": user});
         Ok(vec![Push {
             recipients,
+            frame,
+            sender_id: None,
+            stream: String::new(),
+            sequence: 0,
+        }])
+    }
+
+    /// Every change of a call reaches every member of its conversation (all their devices):
+    /// `call.ringing` at the start, `call.ended` at the end, `call.updated` in between, each
+    /// with the call as it stood after that change.
+    async fn route_call(
+        &self,
+        transaction: &mut Transaction<'_, Postgres>,
+        call_id: Uuid,
+        event: &EventMessage,
+    ) -> anyhow::Result<Vec<Push>> {
+        let name = match event.event_type.as_str() {
+            "CallStarted" => "call.ringing",
+            "CallEnded" => "call.ended",
+            _ => "call.updated",
+        };
+        let Some(call) =
+            command_api::calls::call_at(&mut **transaction, call_id, event.sequence).await?
+        else {
+            return Ok(Vec::new());
+        };
+        let data = web::dto::Call::from_state(&call)
+            .ok_or_else(|| anyhow::anyhow!("call {call_id} has no start"))?;
+        let conversation_id = data.conversation_id;
+        let members = Self::members(transaction, conversation_id).await?;
+        let frame = json!({"type": "event", "event": name, "conversation_id": conversation_id, "data": data});
+        Ok(vec![Push {
+            recipients: members,
             frame,
             sender_id: None,
             stream: String::new(),
@@ -490,6 +527,17 @@ impl PushRouter {
                 message["attachments"] = json!([]);
                 message["deleted"] = json!(true);
                 vec![push(members, frame("message.deleted", Some(seq), message))]
+            }
+            event @ (ConversationEvent::CallStarted { .. }
+            | ConversationEvent::CallEnded { .. }) => {
+                let members = Self::members(transaction, conversation_id).await?;
+                let message = Message::call(conversation_id, &event)
+                    .ok_or_else(|| anyhow::anyhow!("a call event without its message"))?;
+                let seq = message.seq;
+                vec![push(
+                    members,
+                    frame("message.created", Some(seq), serde_json::to_value(message)?),
+                )]
             }
             ConversationEvent::ReceiptsMoved {
                 user_id,

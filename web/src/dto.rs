@@ -130,6 +130,11 @@ pub struct Message {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub system: Option<serde_json::Value>,
+    /// On call messages: `action` (`call_started` or `call_ended`), `call_id`, `media`, and for
+    /// an end `end_reason` and `duration_ms`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub call: Option<serde_json::Value>,
 }
 
 impl Message {
@@ -159,6 +164,7 @@ impl Message {
             deleted: false,
             status: None,
             system: Some(system),
+            call: None,
         }
     }
 
@@ -202,6 +208,40 @@ impl Message {
             deleted: false,
             status: None,
             system: None,
+            call: None,
+        })
+    }
+
+    /// The `kind: "call"` message a call start or end puts in the timeline (`None` for any
+    /// other event); its id, like a system message's, comes from its `seq`.
+    pub fn call(
+        conversation_id: Uuid,
+        event: &domain::conversation::ConversationEvent,
+    ) -> Option<Self> {
+        let domain::conversation::CallMessage {
+            seq,
+            initiator_id,
+            details,
+            at,
+        } = domain::conversation::call_message(event)?;
+        Some(Self {
+            id: domain::conversation::system_message_id(
+                domain::ConversationId::from_uuid(conversation_id),
+                seq,
+            ),
+            conversation_id,
+            seq,
+            sender_id: initiator_id.as_uuid(),
+            kind: "call".to_owned(),
+            body: details["action"].as_str().map(str::to_owned),
+            attachments: Vec::new(),
+            reply_to_id: None,
+            created_at: at,
+            edited_at: None,
+            deleted: false,
+            status: None,
+            system: None,
+            call: Some(details),
         })
     }
 }
@@ -226,4 +266,93 @@ pub struct Receipt {
 /// A time as the contract writes it, for JSON built by hand.
 pub fn rfc3339_string(time: &DateTime<Utc>) -> String {
     time.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct CallParticipant {
+    pub user_id: Uuid,
+    /// `ringing`, `joined`, `declined`, `left` or `missed`.
+    pub state: String,
+    #[serde(serialize_with = "rfc3339_millis_option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub joined_at: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "rfc3339_millis_option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub left_at: Option<DateTime<Utc>>,
+    pub audio: bool,
+    pub video: bool,
+    pub screen: bool,
+}
+
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct Call {
+    pub id: Uuid,
+    pub conversation_id: Uuid,
+    pub initiator_id: Uuid,
+    /// `audio` or `video`.
+    pub media: String,
+    /// `ringing`, `active` or `ended`.
+    pub state: String,
+    /// `completed`, `missed`, `declined` or `cancelled` once ended.
+    pub end_reason: Option<String>,
+    #[serde(serialize_with = "rfc3339_millis")]
+    #[schema(value_type = String, format = DateTime)]
+    pub started_at: DateTime<Utc>,
+    #[serde(serialize_with = "rfc3339_millis_option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub answered_at: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "rfc3339_millis_option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub ended_at: Option<DateTime<Utc>>,
+    /// From answer to end; null while it goes on or when nobody answered.
+    pub duration_ms: Option<i64>,
+    pub participants: Vec<CallParticipant>,
+}
+
+impl Call {
+    /// The representation of a call's state; `None` before it started.
+    pub fn from_state(call: &domain::call::Call) -> Option<Self> {
+        Some(Self {
+            id: call.id()?.as_uuid(),
+            conversation_id: call.conversation_id()?.as_uuid(),
+            initiator_id: call.initiator()?.as_uuid(),
+            media: call.media()?.as_str().to_owned(),
+            state: call.state()?.as_str().to_owned(),
+            end_reason: call.end_reason().map(|reason| reason.as_str().to_owned()),
+            started_at: call.started_at()?,
+            answered_at: call.answered_at(),
+            ended_at: call.ended_at(),
+            duration_ms: call.duration_ms(),
+            participants: call
+                .participants()
+                .iter()
+                .map(|participant| CallParticipant {
+                    user_id: participant.user_id().as_uuid(),
+                    state: participant.state().as_str().to_owned(),
+                    joined_at: participant.joined_at(),
+                    left_at: participant.left_at(),
+                    audio: participant.audio(),
+                    video: participant.video(),
+                    screen: participant.screen(),
+                })
+                .collect(),
+        })
+    }
+}
+
+/// `GET /api/v1/calls/ice-servers`.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct IceServers {
+    pub ice_servers: Vec<IceServer>,
+    /// How long the TURN credentials stay valid.
+    pub ttl_seconds: u64,
+}
+
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct IceServer {
+    pub urls: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
 }

@@ -62,6 +62,11 @@ pub fn fresh_settings() -> Settings {
         media_link_ttl_secs: 3600,
         public_url: String::new(),
         media_s3_options: Vec::new(),
+        call_ring_timeout_secs: 45,
+        stun_urls: Vec::new(),
+        turn_urls: Vec::new(),
+        turn_secret: None,
+        turn_ttl_secs: 3600,
     }
 }
 
@@ -110,13 +115,19 @@ pub async fn spawn_app_on(
 /// A second socket-push node of the same deployment, as its own `chatd socket-push`
 /// process: same database, same namespace, its own port. Killed when dropped.
 pub async fn spawn_node(app: &TestApp) -> TestApp {
+    spawn_role(app, "socket-push", &[]).await
+}
+
+/// `chatd <role>` as its own process of `app`'s deployment (same database and namespace, its
+/// own port), with extra environment; killed when dropped.
+pub async fn spawn_role(app: &TestApp, role: &str, env: &[(&str, &str)]) -> TestApp {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .map(|address| address.port())
         .unwrap_or_else(|error| panic!("{error}"));
     let settings = &app.settings;
     let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_chatd"))
-        .arg("socket-push")
+        .arg(role)
         .env("DATABASE_URL", &settings.database_url)
         .env("REDIS_URL", &settings.redis_url)
         .env("AMQP_URL", &settings.amqp_url)
@@ -128,11 +139,13 @@ pub async fn spawn_node(app: &TestApp) -> TestApp {
         )
         .env("CHAT_JWT_AUDIENCE", &settings.jwt_audience)
         .env("CHAT_ALLOWED_ORIGINS", settings.allowed_origins.join(","))
+        .env("CHAT_MEDIA_STORE", &settings.media_store)
         .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
         .stdout(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()
-        .unwrap_or_else(|error| panic!("cannot start chatd socket-push: {error}"));
+        .unwrap_or_else(|error| panic!("cannot start chatd {role}: {error}"));
     let node = TestApp {
         base: format!("http://127.0.0.1:{port}"),
         client: app.client.clone(),
@@ -151,7 +164,7 @@ pub async fn spawn_node(app: &TestApp) -> TestApp {
             .is_ok_and(|response| response.status().is_success())
     })
     .await;
-    assert!(up, "the second node did not become ready");
+    assert!(up, "chatd {role} did not become ready");
     node
 }
 

@@ -4,6 +4,7 @@
 mod accounts;
 mod audit;
 mod auth;
+mod calls;
 mod conversations;
 mod helpers;
 mod media;

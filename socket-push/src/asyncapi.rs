@@ -6,11 +6,31 @@ use serde_json::{Map, Value, json};
 
 /// Frames the server sends.
 pub const SERVER_FRAMES: &[&str] = &[
-    "ready", "event", "resumed", "ack", "error", "typing", "presence", "pong",
+    "ready",
+    "event",
+    "resumed",
+    "ack",
+    "error",
+    "typing",
+    "presence",
+    "call.signal",
+    "pong",
 ];
 
 /// Frames the server accepts.
-pub const CLIENT_FRAMES: &[&str] = &["message.send", "receipt", "typing", "ping"];
+pub const CLIENT_FRAMES: &[&str] = &[
+    "message.send",
+    "receipt",
+    "typing",
+    "call.start",
+    "call.accept",
+    "call.decline",
+    "call.leave",
+    "call.end",
+    "call.media",
+    "call.signal",
+    "ping",
+];
 
 /// The `event` names of `event` frames.
 pub const EVENTS: &[&str] = &[
@@ -22,6 +42,9 @@ pub const EVENTS: &[&str] = &[
     "message.edited",
     "message.deleted",
     "receipt.updated",
+    "call.ringing",
+    "call.updated",
+    "call.ended",
     "user.updated",
 ];
 
@@ -142,6 +165,44 @@ fn frame_schema(kind: &str) -> Value {
                 ("read_seq", seq),
             ],
             &["type", "conversation_id"],
+        ),
+        "call.start" => object(
+            &[
+                type_field,
+                reference,
+                ("conversation_id", uuid),
+                ("media", json!({"enum": ["audio", "video"]})),
+            ],
+            &["type", "conversation_id", "media"],
+        ),
+        "call.accept" | "call.decline" | "call.leave" | "call.end" => object(
+            &[type_field, reference, ("call_id", uuid)],
+            &["type", "call_id"],
+        ),
+        "call.media" => object(
+            &[
+                type_field,
+                reference,
+                ("call_id", uuid),
+                ("audio", json!({"type": "boolean"})),
+                ("video", json!({"type": "boolean"})),
+                ("screen", json!({"type": "boolean"})),
+            ],
+            &["type", "call_id", "audio", "video", "screen"],
+        ),
+        // Client to server it names the recipient; server to client, the sender.
+        "call.signal" => object(
+            &[
+                type_field,
+                ("call_id", uuid.clone()),
+                ("to_user_id", uuid.clone()),
+                ("from_user_id", uuid),
+                (
+                    "signal",
+                    json!({"description": "opaque WebRTC signalling: SDP offer or answer, ICE candidate, renegotiation"}),
+                ),
+            ],
+            &["type", "call_id", "signal"],
         ),
         _ => object(&[type_field, reference], &["type"]),
     }

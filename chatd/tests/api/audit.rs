@@ -420,6 +420,27 @@ async fn replay_verifies_repairs_and_switches_while_the_app_runs() {
         )
         .await;
     assert_eq!(sent.status(), StatusCode::CREATED);
+    // A call, answered, with a media change, then ended.
+    let call = json_body(
+        app.post(
+            &format!("/api/v1/conversations/{id}/calls"),
+            Some(&alice.access_token),
+            &json!({"media": "audio"}),
+        )
+        .await,
+    )
+    .await;
+    let call_path = format!("/api/v1/calls/{}", call["id"].as_str().unwrap_or_default());
+    for (user, action) in [(&bob, "accept"), (&alice, "end")] {
+        let response = app
+            .post(
+                &format!("{call_path}/{action}"),
+                Some(&user.access_token),
+                &json!({}),
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::OK, "{action}");
+    }
     let avatar = json_body(upload(&bob).await.unwrap_or_else(|error| panic!("{error}"))).await;
     assert_eq!(
         app.patch(

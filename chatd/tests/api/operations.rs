@@ -183,6 +183,7 @@ fn compose_file_parses_and_names_only_services_it_defines() {
         "socket-push",
         "minio",
         "minio-bucket",
+        "coturn",
         "edge",
     ] {
         assert!(

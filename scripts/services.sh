@@ -66,3 +66,16 @@ ensure_chromium() {
 ensure_rust() {
   command -v cargo >/dev/null || { echo "cargo is missing: install Rust with rustup (https://rustup.rs)" >&2; return 1; }
 }
+
+# coturn's turnserver, for the tests that relay WebRTC through TURN. Each test starts its own
+# server on a free port, so the system service the package enables (on 3478, where an init
+# system is running) is stopped and disabled right after installing it.
+ensure_coturn() {
+  command -v turnserver >/dev/null && return 0
+  install_packages coturn
+  if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+    as_root systemctl disable --now coturn >/dev/null 2>&1 || true
+  elif command -v service >/dev/null; then
+    as_root service coturn stop >/dev/null 2>&1 || true
+  fi
+}

@@ -7,6 +7,7 @@ source scripts/services.sh
 ensure_rust
 ensure_services
 ensure_chromium
+ensure_coturn
 
 # Databases left by test runs that were killed (their names carry a UUIDv7, so their age):
 # drop those older than an hour. Live runs are younger and keep theirs.

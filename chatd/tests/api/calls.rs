@@ -542,3 +542,150 @@ async fn ice_servers_carry_turn_rest_credentials() {
     let anonymous = app.get("/api/v1/calls/ice-servers", None, None).await;
     assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
 }
+
+/// Trickles `peer`'s candidates to `to` and applies every `call.signal` that arrives, until
+/// the data channel is open or `limit` passes.
+async fn negotiate(
+    peer: &crate::webrtc_peer::Peer,
+    socket: &mut crate::websocket::Socket,
+    call_id: &str,
+    to: Uuid,
+    limit: Duration,
+) {
+    use futures::StreamExt;
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut gathering = true;
+    while peer.wait_open(Duration::from_millis(1)).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no data channel within {limit:?}"
+        );
+        tokio::select! {
+            candidate = peer.next_candidate(Duration::from_secs(2)), if gathering => match candidate {
+                Some(signal) => {
+                    send_frame(socket, json!({"type": "call.signal", "call_id": call_id, "to_user_id": to, "signal": signal})).await;
+                }
+                None => gathering = false,
+            },
+            frame = tokio::time::timeout(Duration::from_millis(200), socket.next()) => {
+                let Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Text(text)))) = frame else {
+                    continue;
+                };
+                let frame: Value = serde_json::from_str(&text).unwrap_or_default();
+                assert_ne!(frame["type"], "error", "{frame}");
+                if frame["type"] == "call.signal"
+                    && let Some(reply) = peer.handle(frame["signal"].clone()).await
+                {
+                    send_frame(socket, json!({"type": "call.signal", "call_id": call_id, "to_user_id": to, "signal": reply})).await;
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn two_webrtc_peers_connect_through_chatd_signalling_on_two_nodes() {
+    let app = spawn_app().await;
+    let node = crate::helpers::spawn_node(&app).await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let conversation_id = direct(&app, &alice, &bob).await;
+    // Alice is on this node, Bob on the other process.
+    let mut alice_socket = connect(&app, &alice.access_token).await;
+    ready(&mut alice_socket).await;
+    let mut bob_socket = connect(&node, &bob.access_token).await;
+    ready(&mut bob_socket).await;
+
+    let call = json_body(start(&app, &alice, &conversation_id).await).await;
+    let call_id = call["id"].as_str().unwrap_or_default().to_owned();
+    event_named(&mut bob_socket, "call.ringing").await;
+    send_frame(
+        &mut bob_socket,
+        json!({"type": "call.accept", "ref": 1, "call_id": call_id}),
+    )
+    .await;
+    assert_eq!(next_direct(&mut bob_socket).await["type"], "ack");
+
+    // Both take their ICE servers from the API (none configured: loopback host candidates).
+    let ice = |user: &TestUser| {
+        let app = &app;
+        let token = user.access_token.clone();
+        async move {
+            let response = app
+                .get("/api/v1/calls/ice-servers", Some(&token), None)
+                .await;
+            json_body(response).await["ice_servers"].clone()
+        }
+    };
+    let alice_peer = crate::webrtc_peer::Peer::new(&ice(&alice).await, false).await;
+    let bob_peer = crate::webrtc_peer::Peer::new(&ice(&bob).await, false).await;
+
+    // Alice offers; everything else goes through call.signal frames only.
+    let offer = alice_peer.offer().await;
+    send_frame(
+        &mut alice_socket,
+        json!({"type": "call.signal", "call_id": call_id, "to_user_id": bob.id, "signal": offer}),
+    )
+    .await;
+    let limit = Duration::from_secs(20);
+    tokio::join!(
+        negotiate(&alice_peer, &mut alice_socket, &call_id, bob.id, limit),
+        negotiate(&bob_peer, &mut bob_socket, &call_id, alice.id, limit),
+    );
+    bob_peer
+        .wait_open(limit)
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    alice_peer
+        .send("hello from alice")
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    let received = bob_peer
+        .recv(limit)
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(received, "hello from alice");
+    bob_peer
+        .send("hello from bob")
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    let received = alice_peer
+        .recv(limit)
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(received, "hello from bob");
+    alice_peer.close().await;
+    bob_peer.close().await;
+}
+
+#[tokio::test]
+async fn coturn_grants_a_relay_candidate_for_the_issued_credentials() {
+    let secret = format!("turn-secret-{}", Uuid::now_v7());
+    let coturn = crate::webrtc_peer::Coturn::start(&secret)
+        .await
+        .unwrap_or_else(|| panic!("turnserver missing: scripts/test.sh installs coturn"));
+    let mut settings = fresh_settings();
+    settings.turn_urls = vec![format!("turn:127.0.0.1:{}?transport=udp", coturn.port)];
+    settings.turn_secret = Some(secret);
+    let app = spawn_app_with(settings, chatd::app::Roles::ALL).await;
+    let alice = app.register("alice").await;
+    let response = app
+        .get("/api/v1/calls/ice-servers", Some(&alice.access_token), None)
+        .await;
+    let ice_servers = json_body(response).await["ice_servers"].clone();
+    let peer = crate::webrtc_peer::Peer::new(&ice_servers, true).await;
+    let types = peer.gathered_candidate_types(Duration::from_secs(15)).await;
+    peer.close().await;
+    assert!(
+        types.iter().any(|kind| kind == "relay"),
+        "no relay candidate: {types:?}\n{}",
+        coturn.log()
+    );
+    // A tampered credential gets nothing from coturn.
+    let mut forged = ice_servers.clone();
+    forged[0]["credential"] = json!("AAAAAAAAAAAAAAAAAAAAAAAAAAA=");
+    let peer = crate::webrtc_peer::Peer::new(&forged, true).await;
+    let types = peer.gathered_candidate_types(Duration::from_secs(5)).await;
+    peer.close().await;
+    assert!(types.is_empty(), "{types:?}");
+}

@@ -11,4 +11,5 @@ mod media;
 mod operations;
 mod proxy;
 mod spine;
+mod webrtc_peer;
 mod websocket;

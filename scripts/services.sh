@@ -79,3 +79,11 @@ ensure_coturn() {
     as_root service coturn stop >/dev/null 2>&1 || true
   fi
 }
+
+# An S3-compatible server for the test that stores uploads in a bucket: moto's server mode,
+# from PyPI (MinIO is not packaged for Debian; compose.yaml runs the real MinIO).
+ensure_s3_server() {
+  command -v moto_server >/dev/null && return 0
+  command -v pip3 >/dev/null || install_packages python3-pip
+  pip3 install -q 'moto[server]==5.2.1' >/dev/null
+}

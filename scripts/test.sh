@@ -8,6 +8,7 @@ ensure_rust
 ensure_services
 ensure_chromium
 ensure_coturn
+ensure_s3_server
 
 # Databases left by test runs that were killed (their names carry a UUIDv7, so their age):
 # drop those older than an hour. Live runs are younger and keep theirs.

@@ -770,3 +770,97 @@ for (const id of ['good', 'expired']) {{
     assert!(dom.contains(r#""good":"loaded 64x48""#), "{dom}");
     assert!(dom.contains(r#""expired":"error""#), "{dom}");
 }
+
+/// An S3-compatible server for one test: moto's server mode (`pip install 'moto[server]'`,
+/// done by scripts/test.sh), on a free port, killed on drop.
+struct S3Server {
+    port: u16,
+    _child: tokio::process::Child,
+}
+
+impl S3Server {
+    async fn start() -> S3Server {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .map(|address| address.port())
+            .unwrap_or_else(|error| panic!("{error}"));
+        let child = tokio::process::Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|error| {
+                panic!("moto_server missing ({error}): scripts/test.sh installs moto[server]")
+            });
+        let client = reqwest::Client::new();
+        let up = eventually(Duration::from_secs(20), || async {
+            client
+                .get(format!("http://127.0.0.1:{port}/"))
+                .send()
+                .await
+                .is_ok()
+        })
+        .await;
+        assert!(up, "moto_server did not start");
+        S3Server {
+            port,
+            _child: child,
+        }
+    }
+}
+
+#[tokio::test]
+async fn uploads_go_to_an_s3_bucket_when_configured() {
+    let s3 = S3Server::start().await;
+    let endpoint = format!("http://127.0.0.1:{}", s3.port);
+    let created = reqwest::Client::new()
+        .put(format!("{endpoint}/chat-media"))
+        .send()
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    assert!(
+        created.status().is_success(),
+        "bucket: {}",
+        created.status()
+    );
+    let mut settings = fresh_settings();
+    settings.media_store = "s3://chat-media/uploads".to_owned();
+    settings.media_s3_options = [
+        ("AWS_ENDPOINT", endpoint.as_str()),
+        ("AWS_ALLOW_HTTP", "true"),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_SOMETHING_UNKNOWN", "ignored"),
+    ]
+    .into_iter()
+    .map(|(key, value)| (key.to_owned(), value.to_owned()))
+    .collect();
+    let app = spawn_app_with(settings, chatd::app::Roles::ALL).await;
+    let alice = app.register("alice").await;
+    let media = upload(&app, &alice, corpus::png(120, 90)).await;
+    let response = fetch(&app, media["url"].as_str().unwrap_or_default()).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let bytes = response.bytes().await.unwrap_or_default();
+    assert_eq!(media::dimensions(&bytes).ok(), Some((120, 90)));
+    // The objects are in the bucket, under the prefix, and nowhere on disk.
+    let listing = reqwest::Client::new()
+        .get(format!(
+            "{endpoint}/chat-media?list-type=2&prefix=uploads/media/"
+        ))
+        .send()
+        .await
+        .unwrap_or_else(|error| panic!("{error}"))
+        .text()
+        .await
+        .unwrap_or_default();
+    let id = media["id"].as_str().unwrap_or_default();
+    for key in ["original.png", "thumbnail.png"] {
+        assert!(
+            listing.contains(&format!("uploads/media/{id}/{key}")),
+            "{key} not in the bucket: {listing}"
+        );
+    }
+    assert!(stored_files(&app).is_empty());
+}

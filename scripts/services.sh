@@ -85,5 +85,6 @@ ensure_coturn() {
 ensure_s3_server() {
   command -v moto_server >/dev/null && return 0
   command -v pip3 >/dev/null || install_packages python3-pip
-  pip3 install -q 'moto[server]==5.2.1' >/dev/null
+  pip3 install -q 'moto[server]==5.2.1' >/dev/null 2>&1 ||
+    pip3 install -q --break-system-packages 'moto[server]==5.2.1' >/dev/null
 }

@@ -40,6 +40,10 @@ impl EventUpcaster for MessageSentAttachments {
     }
 }
 
+/// The upcasters, built once (readers call [`upcast_payload`] for every event they read).
+static UPCASTERS: std::sync::LazyLock<Vec<Box<dyn EventUpcaster>>> =
+    std::sync::LazyLock::new(upcasters);
+
 /// A stored payload in the current shape of its event type.
 pub fn upcast_payload(
     aggregate_type: &str,
@@ -47,6 +51,12 @@ pub fn upcast_payload(
     event_version: &str,
     payload: Value,
 ) -> Value {
+    if !UPCASTERS
+        .iter()
+        .any(|upcaster| upcaster.can_upcast(event_type, event_version))
+    {
+        return payload;
+    }
     let mut event = SerializedEvent::new(
         String::new(),
         0,
@@ -56,7 +66,7 @@ pub fn upcast_payload(
         payload,
         Value::Null,
     );
-    for upcaster in upcasters() {
+    for upcaster in UPCASTERS.iter() {
         if upcaster.can_upcast(&event.event_type, &event.event_version) {
             event = upcaster.upcast(event);
         }

@@ -125,16 +125,7 @@ pub async fn events(
     require_admin(&state, &caller).await?;
     let Query(filter) =
         query.map_err(|rejection| ApiError::bad_request("invalid_query", rejection.body_text()))?;
-    let limit = match filter.limit {
-        None => 50,
-        Some(limit) if (1..=200).contains(&limit) => limit,
-        Some(_) => {
-            return Err(ApiError::bad_request(
-                "invalid_limit",
-                "limit must be 1 to 200",
-            ));
-        }
-    };
+    let limit = crate::page_limit(filter.limit)?;
     let after = match &filter.after {
         None => 0,
         Some(cursor) => cursor.parse().map_err(|_| {

@@ -221,16 +221,7 @@ pub async fn conversation_calls(
     if !member {
         return Err(conversation_not_found());
     }
-    let limit = match query.limit {
-        None => 50,
-        Some(limit) if (1..=200).contains(&limit) => limit,
-        Some(_) => {
-            return Err(ApiError::bad_request(
-                "invalid_limit",
-                "limit must be 1 to 200",
-            ));
-        }
-    };
+    let limit = crate::page_limit(query.limit)?;
     // The cursor is the last call of the previous page (ids are time-ordered UUIDv7s).
     let before = match &query.cursor {
         None => Uuid::max(),

@@ -250,17 +250,6 @@ pub struct ListQuery {
     pub cursor: Option<String>,
 }
 
-fn limit(limit: Option<i64>) -> Result<i64, ApiError> {
-    match limit {
-        None => Ok(50),
-        Some(limit) if (1..=200).contains(&limit) => Ok(limit),
-        Some(_) => Err(ApiError::bad_request(
-            "invalid_limit",
-            "limit must be 1 to 200",
-        )),
-    }
-}
-
 fn bad_query(rejection: axum::extract::rejection::QueryRejection) -> ApiError {
     ApiError::bad_request("invalid_query", rejection.body_text())
 }
@@ -282,7 +271,7 @@ pub async fn list_conversations(
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<axum::Json<Page<Conversation>>, ApiError> {
     let Query(query) = query.map_err(bad_query)?;
-    let limit = limit(query.limit)?;
+    let limit = crate::page_limit(query.limit)?;
     let (before_time, before_id) = match &query.cursor {
         None => (DateTime::<Utc>::MAX_UTC, Uuid::max()),
         Some(cursor) => decode_cursor(cursor).ok_or_else(|| {
@@ -361,7 +350,7 @@ pub async fn history(
     query: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<axum::Json<MessagePage>, ApiError> {
     let Query(query) = query.map_err(bad_query)?;
-    let limit = limit(query.limit)?;
+    let limit = crate::page_limit(query.limit)?;
     let id: Uuid = id.parse().map_err(|_| conversation_not_found())?;
     if !is_member(&state.pool, id, caller.user_id).await? {
         return Err(conversation_not_found());

@@ -63,6 +63,18 @@ pub fn router() -> OpenApiRouter<QueryState> {
         .routes(routes!(audit::conversation_state))
 }
 
+/// A list's `limit`: 1 to 200, 50 when absent (400 `invalid_limit` otherwise).
+pub(crate) fn page_limit(limit: Option<i64>) -> Result<i64, web::ApiError> {
+    match limit {
+        None => Ok(50),
+        Some(limit) if (1..=200).contains(&limit) => Ok(limit),
+        Some(_) => Err(web::ApiError::bad_request(
+            "invalid_limit",
+            "limit must be 1 to 200",
+        )),
+    }
+}
+
 /// Waits for the request's consistency token, runs the query, and reports the lag.
 pub async fn read_consistency(
     State(state): State<QueryState>,

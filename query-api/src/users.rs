@@ -74,16 +74,7 @@ pub async fn list_users(
 ) -> Result<axum::Json<Page<User>>, ApiError> {
     let Query(query) =
         query.map_err(|rejection| ApiError::bad_request("invalid_query", rejection.body_text()))?;
-    let limit = match query.limit {
-        None => 50,
-        Some(limit) if (1..=200).contains(&limit) => limit,
-        Some(_) => {
-            return Err(ApiError::bad_request(
-                "invalid_limit",
-                "limit must be 1 to 200",
-            ));
-        }
-    };
+    let limit = crate::page_limit(query.limit)?;
     let after = match &query.cursor {
         None => String::new(),
         Some(cursor) => URL_SAFE_NO_PAD

@@ -1,4 +1,4 @@
-.PHONY: run test bench-relay bench-upload
+.PHONY: run test bench bench-relay bench-upload
 
 # Sets up Postgres, Redis and RabbitMQ if missing, then runs `chatd serve` on 127.0.0.1:8080.
 run:
@@ -7,6 +7,10 @@ run:
 # The whole suite (what CI runs).
 test:
 	./scripts/test.sh
+
+# The standard load runs with loadgen against chatd serve; writes docs/benchmarks-loadgen.md.
+bench:
+	./scripts/bench.sh
 
 # Outbox relay throughput: events/s from the outbox to the broker's confirm.
 bench-relay:

@@ -1,0 +1,154 @@
+//! `loadgen`: real clients for `chatd`, over its public REST and WebSocket API only.
+//!
+//! Scenarios (this increment: `direct` and `group`):
+//!
+//! - `direct`: P direct pairs, both members online over WebSocket; messages sent at a target
+//!   rate R, open loop (each send is due at its own time, whatever the server does, and its
+//!   latency counts from that time, so a slow server shows as latency, not as a lower offered
+//!   rate), over WebSocket frames or REST.
+//! - `group`: S groups of G members, all online; senders at rate R; every delivered frame is
+//!   measured.
+//!
+//! Each run measures send → recipient-receive latency (HdrHistogram: p50, p90, p99, p99.9,
+//! max), the achieved rates, errors, and checks every recipient's `seq`s per conversation for
+//! lost, duplicated and out-of-order messages. It prints a table and writes JSON. Every loop is
+//! bounded in count and time, and traffic goes to the given URL only (loopback in the
+//! benchmarks).
+//!
+//! - `setup`: accounts, conversations and sockets.
+//! - `run`: the open-loop sender and the receivers.
+//! - `report`: the figures, as a table and as JSON.
+
+mod report;
+mod run;
+mod setup;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use std::time::Duration;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "loadgen",
+    about = "Load generator for chatd (REST and WebSocket clients)"
+)]
+struct Cli {
+    /// chatd's base URL (`chatd serve`, or the edge of a split deployment).
+    #[arg(long, default_value = "http://127.0.0.1:8080", global = true)]
+    url: String,
+    /// Where to write the JSON result (stdout gets the table either way).
+    #[arg(long, global = true)]
+    json: Option<std::path::PathBuf>,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+enum Scenario {
+    /// Direct pairs, everyone online.
+    Direct {
+        /// Direct conversations (two users each).
+        #[arg(long, default_value_t = 100)]
+        pairs: usize,
+        #[command(flatten)]
+        load: Load,
+    },
+    /// Groups, every member online.
+    Group {
+        /// Number of groups.
+        #[arg(long, default_value_t = 1)]
+        groups: usize,
+        /// Members per group (the creator included).
+        #[arg(long, default_value_t = 100)]
+        members: usize,
+        #[command(flatten)]
+        load: Load,
+    },
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct Load {
+    /// Messages per second offered (open loop).
+    #[arg(long, default_value_t = 1000.0)]
+    rate: f64,
+    /// Seconds of sending.
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// How messages are sent.
+    #[arg(long, value_enum, default_value_t = Transport::Ws)]
+    transport: Transport,
+    /// Sends allowed in flight at once; a send due while this many are open counts as an error
+    /// (the offered rate is not lowered).
+    #[arg(long, default_value_t = 20_000)]
+    max_in_flight: usize,
+    /// Seconds to wait for the last deliveries after sending stops.
+    #[arg(long, default_value_t = 10.0)]
+    drain_seconds: f64,
+    /// Accounts registered at once during setup.
+    #[arg(long, default_value_t = 16)]
+    setup_concurrency: usize,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Transport {
+    Ws,
+    Rest,
+}
+
+impl Load {
+    fn duration(&self) -> Duration {
+        Duration::from_secs_f64(self.seconds.clamp(0.1, 3600.0))
+    }
+
+    fn drain(&self) -> Duration {
+        Duration::from_secs_f64(self.drain_seconds.clamp(0.0, 600.0))
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match execute(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("loadgen: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn execute(cli: Cli) -> anyhow::Result<()> {
+    let api = setup::Api::new(&cli.url)?;
+    let (name, load, world) = match &cli.scenario {
+        Scenario::Direct { pairs, load } => (
+            "direct",
+            load.clone(),
+            setup::direct(&api, *pairs, load.setup_concurrency).await?,
+        ),
+        Scenario::Group {
+            groups,
+            members,
+            load,
+        } => (
+            "group",
+            load.clone(),
+            setup::groups(&api, *groups, *members, load.setup_concurrency).await?,
+        ),
+    };
+    eprintln!(
+        "loadgen: {} users online in {} conversations; sending {} msg/s for {} s over {:?}",
+        world.users.len(),
+        world.conversations.len(),
+        load.rate,
+        load.seconds,
+        load.transport
+    );
+    let outcome = run::run(&api, &world, &load).await?;
+    let result = report::Report::new(name, &load, &world, outcome);
+    println!("{}", result.table());
+    if let Some(path) = &cli.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&result)?)?;
+        eprintln!("loadgen: wrote {}", path.display());
+    }
+    Ok(())
+}

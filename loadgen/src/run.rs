@@ -1,0 +1,318 @@
+//! The open-loop sender and the receivers.
+//!
+//! Message `k` is due at `start + k / rate`. Its body carries that due time (µs since
+//! `start`), so a receiver's latency counts from when the message should have gone out, not
+//! from when a busy sender got to it (no coordinated omission). Every socket has a writer
+//! task and a reader task; the readers record latencies and, per conversation, every `seq`
+//! they see, for the loss, duplicate and order check.
+
+use futures::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio_tungstenite::tungstenite::Message;
+use uuid::Uuid;
+
+use crate::setup::{Api, World};
+use crate::{Load, Transport};
+
+/// Latencies are recorded in µs up to a minute.
+fn histogram() -> anyhow::Result<Histogram<u64>> {
+    Ok(Histogram::new_with_bounds(1, 60_000_000, 3)?)
+}
+
+#[derive(Default)]
+struct Counters {
+    sent: AtomicU64,
+    accepted: AtomicU64,
+    refused: AtomicU64,
+    overloaded: AtomicU64,
+    delivered: AtomicU64,
+}
+
+/// What one recipient saw of one conversation.
+#[derive(Default)]
+struct Seen {
+    seqs: HashSet<i64>,
+    max: i64,
+    duplicated: u64,
+    out_of_order: u64,
+}
+
+struct ReaderResult {
+    latencies: Histogram<u64>,
+    seen: HashMap<Uuid, Seen>,
+    errors: Vec<String>,
+}
+
+pub struct Outcome {
+    pub offered: u64,
+    pub accepted: u64,
+    pub refused: u64,
+    pub overloaded: u64,
+    pub delivered: u64,
+    pub expected_deliveries: u64,
+    pub send_seconds: f64,
+    pub receive_seconds: f64,
+    pub latencies: Histogram<u64>,
+    pub lost: u64,
+    pub duplicated: u64,
+    pub out_of_order: u64,
+    pub error_samples: Vec<String>,
+}
+
+pub async fn run(api: &Api, world: &World, load: &Load) -> anyhow::Result<Outcome> {
+    let counters = Arc::new(Counters::default());
+    let (stop, stopped) = watch::channel(false);
+    let start = Instant::now() + Duration::from_millis(200);
+    let sockets: Vec<_> = world
+        .sockets
+        .lock()
+        .map_err(|_| anyhow::anyhow!("socket list poisoned"))?
+        .drain(..)
+        .collect();
+    let conversations = &world.conversations;
+    // Messages committed per conversation: on a WebSocket ack (its `ref` is `k`, and message
+    // `k` goes to conversation `k mod C`), or on a REST 201.
+    let accepted_per_conversation: Arc<Vec<AtomicU64>> =
+        Arc::new(conversations.iter().map(|_| AtomicU64::new(0)).collect());
+    let mut writers = Vec::with_capacity(sockets.len());
+    let mut readers = Vec::with_capacity(sockets.len());
+    for (index, socket) in sockets.into_iter().enumerate() {
+        let Some(socket) = socket else {
+            anyhow::bail!("user {index} has no socket");
+        };
+        let (mut sink, mut stream) = socket.split();
+        let (writer, mut outbox) = mpsc::unbounded_channel::<String>();
+        let mut writer_stop = stopped.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    text = outbox.recv() => match text {
+                        Some(text) => if sink.send(Message::Text(text.into())).await.is_err() { break },
+                        None => break,
+                    },
+                    _ = writer_stop.changed() => break,
+                }
+            }
+            let _ = sink.close().await;
+        });
+        writers.push(writer);
+        let me = world.users[index].id;
+        let counters = counters.clone();
+        let per_conversation = accepted_per_conversation.clone();
+        let mut reader_stop = stopped.clone();
+        readers.push(tokio::spawn(async move {
+            let mut result = ReaderResult {
+                latencies: histogram()?,
+                seen: HashMap::new(),
+                errors: Vec::new(),
+            };
+            loop {
+                let frame = tokio::select! {
+                    frame = stream.next() => frame,
+                    _ = reader_stop.changed() => break,
+                };
+                let Some(Ok(Message::Text(text))) = frame else {
+                    if matches!(frame, None | Some(Err(_))) {
+                        break;
+                    }
+                    continue;
+                };
+                let received = start.elapsed();
+                let frame: Value = serde_json::from_str(&text).unwrap_or_default();
+                match frame["type"].as_str() {
+                    Some("event") if frame["event"] == "message.created" => {
+                        let data = &frame["data"];
+                        let Some((due, _)) = data["body"]
+                            .as_str()
+                            .and_then(|body| body.strip_prefix("lg:"))
+                            .and_then(|rest| rest.split_once(':'))
+                        else {
+                            continue;
+                        };
+                        let conversation: Uuid = data["conversation_id"]
+                            .as_str()
+                            .and_then(|id| id.parse().ok())
+                            .unwrap_or_default();
+                        let seq = data["seq"].as_i64().unwrap_or(0);
+                        let seen = result.seen.entry(conversation).or_default();
+                        if !seen.seqs.insert(seq) {
+                            seen.duplicated += 1;
+                        }
+                        if seq < seen.max {
+                            seen.out_of_order += 1;
+                        }
+                        seen.max = seen.max.max(seq);
+                        if data["sender_id"] != me.to_string() {
+                            let due: u64 = due.parse().unwrap_or(0);
+                            let latency = (received.as_micros() as u64).saturating_sub(due).max(1);
+                            let _ = result.latencies.record(latency.min(60_000_000));
+                            counters.delivered.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Some("ack") => {
+                        counters.accepted.fetch_add(1, Ordering::Relaxed);
+                        if let Some(k) = frame["ref"].as_u64() {
+                            let index = (k as usize) % per_conversation.len().max(1);
+                            per_conversation[index].fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Some("error") => {
+                        counters.refused.fetch_add(1, Ordering::Relaxed);
+                        if result.errors.len() < 5 {
+                            result.errors.push(text.to_string());
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            anyhow::Ok(result)
+        }));
+    }
+
+    // The open-loop sender.
+    let total = (load.rate * load.duration().as_secs_f64()).round() as u64;
+    let in_flight = Arc::new(Semaphore::new(load.max_in_flight.max(1)));
+    let mut rest_sends = tokio::task::JoinSet::new();
+    for k in 0..total {
+        let due = start + Duration::from_secs_f64(k as f64 / load.rate);
+        tokio::time::sleep_until(due.into()).await;
+        let index = (k as usize) % conversations.len();
+        let conversation = &conversations[index];
+        let round = (k as usize) / conversations.len();
+        // Direct pairs take turns; group senders go round the members.
+        let sender = conversation.members[(round * 7919) % conversation.members.len()];
+        let due_us = due.duration_since(start).as_micros();
+        let body = format!("lg:{due_us}:{k}");
+        counters.sent.fetch_add(1, Ordering::Relaxed);
+        match load.transport {
+            Transport::Ws => {
+                let outstanding = counters.sent.load(Ordering::Relaxed)
+                    - counters.accepted.load(Ordering::Relaxed)
+                    - counters.refused.load(Ordering::Relaxed);
+                if outstanding as usize > load.max_in_flight {
+                    counters.overloaded.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                let frame = json!({"type": "message.send", "ref": k, "conversation_id": conversation.id,
+                                   "client_message_id": format!("lg-{k}"), "body": body});
+                let _ = writers[sender].send(frame.to_string());
+            }
+            Transport::Rest => {
+                let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+                    counters.overloaded.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                };
+                let api = api.clone();
+                let token = world.users[sender].token.clone();
+                let path = format!("/api/v1/conversations/{}/messages", conversation.id);
+                let counters = counters.clone();
+                let per_conversation = accepted_per_conversation.clone();
+                rest_sends.spawn(async move {
+                    let _permit = permit;
+                    let sent = api
+                        .post(
+                            &path,
+                            Some(&token),
+                            &json!({"client_message_id": format!("lg-{k}"), "body": body}),
+                        )
+                        .await;
+                    match sent {
+                        Ok(_) => {
+                            counters.accepted.fetch_add(1, Ordering::Relaxed);
+                            per_conversation[index].fetch_add(1, Ordering::Relaxed);
+                            None
+                        }
+                        Err(error) => {
+                            counters.refused.fetch_add(1, Ordering::Relaxed);
+                            Some(error.to_string())
+                        }
+                    }
+                });
+            }
+        }
+    }
+    let send_seconds = start.elapsed().as_secs_f64();
+    let mut error_samples = Vec::new();
+    while let Some(done) = rest_sends.join_next().await {
+        if let Ok(Some(error)) = done
+            && error_samples.len() < 5
+        {
+            error_samples.push(error);
+        }
+    }
+
+    // Drain: wait for every accepted message to reach every other member, or the limit.
+    let drain_until = Instant::now() + load.drain();
+    let expected = || {
+        conversations
+            .iter()
+            .zip(accepted_per_conversation.iter())
+            .map(|(conversation, count)| {
+                count.load(Ordering::Relaxed) * (conversation.members.len() as u64 - 1)
+            })
+            .sum::<u64>()
+    };
+    while Instant::now() < drain_until && counters.delivered.load(Ordering::Relaxed) < expected() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let receive_seconds = start.elapsed().as_secs_f64();
+    let _ = stop.send(true);
+
+    let mut latencies = histogram()?;
+    let mut lost = 0;
+    let mut duplicated = 0;
+    let mut out_of_order = 0;
+    let committed: HashMap<Uuid, u64> = conversations
+        .iter()
+        .zip(accepted_per_conversation.iter())
+        .map(|(conversation, count)| (conversation.id, count.load(Ordering::Relaxed)))
+        .collect();
+    let mut results = Vec::with_capacity(readers.len());
+    for reader in readers {
+        let result = reader.await??;
+        latencies.add(&result.latencies)?;
+        for seen in result.seen.values() {
+            duplicated += seen.duplicated;
+            out_of_order += seen.out_of_order;
+        }
+        for error in &result.errors {
+            if error_samples.len() < 5 {
+                error_samples.push(error.clone());
+            }
+        }
+        results.push(result);
+    }
+    // Every member (the sender's own sockets included) should have seen every committed
+    // message of each of their conversations.
+    for conversation in conversations {
+        let committed = committed.get(&conversation.id).copied().unwrap_or(0);
+        for member in &conversation.members {
+            let seen = results[*member]
+                .seen
+                .get(&conversation.id)
+                .map_or(0, |seen| seen.seqs.len() as u64);
+            lost += committed.saturating_sub(seen);
+        }
+    }
+    Ok(Outcome {
+        offered: total,
+        accepted: counters.accepted.load(Ordering::Relaxed),
+        refused: counters.refused.load(Ordering::Relaxed),
+        overloaded: counters.overloaded.load(Ordering::Relaxed),
+        delivered: counters.delivered.load(Ordering::Relaxed),
+        expected_deliveries: expected(),
+        send_seconds,
+        receive_seconds,
+        latencies,
+        lost,
+        duplicated,
+        out_of_order,
+        error_samples,
+    })
+}

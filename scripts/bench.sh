@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# The standard load runs: builds chatd and loadgen in release, starts `chatd serve` on a
+# scratch database and namespace (loopback only), runs each loadgen scenario against it, and
+# writes docs/benchmarks-loadgen.md (machine, commands, settings, results) and the JSON of
+# every run under target/bench/. Everything runs on this one box.
+#
+#   scripts/bench.sh            # the standard set
+#   BENCH_QUICK=1 scripts/bench.sh   # a short smoke run of the same set
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/services.sh
+ensure_rust
+ensure_services
+
+cargo build --release --locked -p chatd -p loadgen
+out=target/bench
+mkdir -p "$out"
+seconds=${BENCH_SECONDS:-20}
+[ "${BENCH_QUICK:-0}" = 1 ] && seconds=3
+
+run_id=$(date +%s)-$$
+database="chat_bench_$run_id"
+namespace="bench_$run_id"
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+url="http://127.0.0.1:$port"
+media_dir=$(mktemp -d)
+
+export DATABASE_URL="postgres://postgres@127.0.0.1:5432/$database"
+export CHAT_NAMESPACE="$namespace"
+export CHAT_BIND="127.0.0.1:$port"
+export CHAT_JWT_SECRET="bench-secret-bench-secret-bench-secret!"
+export CHAT_MEDIA_STORE="$media_dir"
+# The load is the point: per-user send limits and login limits out of the way.
+export CHAT_SENDS_PER_10_SECONDS=1000000
+export CHAT_PASSWORD_HASH_CONCURRENCY=2
+export CHAT_WS_OUTBOUND_QUEUE=65536
+export RUST_LOG=warn
+
+./target/release/chatd serve > "$out/chatd.log" 2>&1 &
+chatd_pid=$!
+cleanup() {
+  kill "$chatd_pid" 2>/dev/null || true
+  wait "$chatd_pid" 2>/dev/null || true
+  psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS \"$database\" WITH (FORCE)" >/dev/null 2>&1 || true
+  rm -rf "$media_dir"
+}
+trap cleanup EXIT
+for _ in $(seq 1 60); do curl -fs "$url/readyz" >/dev/null && break; sleep 1; done
+curl -fs "$url/readyz" >/dev/null || { echo "chatd did not become ready" >&2; cat "$out/chatd.log" >&2; exit 1; }
+
+runs=(
+  "direct-ws-1000|direct --pairs 500 --rate 1000 --seconds $seconds --transport ws"
+  "direct-rest-1000|direct --pairs 500 --rate 1000 --seconds $seconds --transport rest"
+  "direct-ws-5000|direct --pairs 500 --rate 5000 --seconds $seconds --transport ws"
+  "group-100x10|group --groups 10 --members 100 --rate 200 --seconds $seconds --transport ws"
+  "group-1000x1|group --groups 1 --members 1000 --rate 20 --seconds $seconds --transport ws"
+)
+report=docs/benchmarks-loadgen.md
+{
+  echo "# Load-generator runs (\`make bench\`)"
+  echo
+  echo "Written by \`scripts/bench.sh\` on $(date -u +%Y-%m-%d). Everything on one box: Postgres,"
+  echo "Redis, RabbitMQ, \`chatd serve\` (release, every role in one process) and \`loadgen\`"
+  echo "(release), over loopback. Postgres keeps \`synchronous_commit = $(psql -h 127.0.0.1 -U postgres -Atqc 'show synchronous_commit')\`."
+  echo
+  echo "Machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)),"
+  echo "$(free -g | awk '/Mem:/ {print $2}') GiB RAM; $(uname -sr)."
+  echo
+  echo "Settings: \`CHAT_SENDS_PER_10_SECONDS=1000000\`, \`CHAT_WS_OUTBOUND_QUEUE=65536\`, other"
+  echo "settings default. Latency is send (the time each message was due, open loop) to"
+  echo "receipt by every other member's socket."
+} > "$report"
+for entry in "${runs[@]}"; do
+  name=${entry%%|*}
+  arguments=${entry#*|}
+  echo "loadgen $arguments" >&2
+  # shellcheck disable=SC2086
+  ./target/release/loadgen --url "$url" --json "$out/$name.json" $arguments > "$out/$name.txt"
+  {
+    echo
+    echo "## $name"
+    echo
+    echo '```sh'
+    echo "loadgen --url $url $arguments"
+    echo '```'
+    echo
+    cat "$out/$name.txt"
+  } >> "$report"
+done
+echo "wrote $report" >&2

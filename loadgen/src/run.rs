@@ -32,6 +32,8 @@ struct Counters {
     refused: AtomicU64,
     overloaded: AtomicU64,
     delivered: AtomicU64,
+    /// Every receipt of a loadgen message, the sender's own sockets included.
+    seen: AtomicU64,
 }
 
 /// What one recipient saw of one conversation.
@@ -148,6 +150,7 @@ pub async fn run(api: &Api, world: &World, load: &Load) -> anyhow::Result<Outcom
                             seen.out_of_order += 1;
                         }
                         seen.max = seen.max.max(seq);
+                        counters.seen.fetch_add(1, Ordering::Relaxed);
                         if data["sender_id"] != me.to_string() {
                             let due: u64 = due.parse().unwrap_or(0);
                             let latency = (received.as_micros() as u64).saturating_sub(due).max(1);
@@ -258,7 +261,17 @@ pub async fn run(api: &Api, world: &World, load: &Load) -> anyhow::Result<Outcom
             })
             .sum::<u64>()
     };
-    while Instant::now() < drain_until && counters.delivered.load(Ordering::Relaxed) < expected() {
+    // Every member's sockets, the sender's included, see each accepted message once.
+    let expected_seen = || {
+        conversations
+            .iter()
+            .zip(accepted_per_conversation.iter())
+            .map(|(conversation, count)| {
+                count.load(Ordering::Relaxed) * conversation.members.len() as u64
+            })
+            .sum::<u64>()
+    };
+    while Instant::now() < drain_until && counters.seen.load(Ordering::Relaxed) < expected_seen() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let receive_seconds = start.elapsed().as_secs_f64();

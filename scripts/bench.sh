@@ -68,7 +68,10 @@ report=docs/benchmarks-loadgen.md
   echo
   echo "Settings: \`CHAT_SENDS_PER_10_SECONDS=1000000\`, \`CHAT_WS_OUTBOUND_QUEUE=65536\`, other"
   echo "settings default. Latency is send (the time each message was due, open loop) to"
-  echo "receipt by every other member's socket."
+  echo "receipt by every other member's socket. \`lost\` counts accepted messages some member's"
+  echo "sockets had not received when the drain time after sending (10 s) ran out; \`overloaded\`"
+  echo "counts sends not made because 20,000 were already waiting for their ack (open loop:"
+  echo "the offered rate is never lowered). Sending lasted $seconds s per run."
 } > "$report"
 for entry in "${runs[@]}"; do
   name=${entry%%|*}

@@ -174,6 +174,16 @@ impl<H: Handler> Consumer<H> {
         {
             anyhow::bail!("projector crashed on purpose after committing, before acking");
         }
+        let all_done = outcomes
+            .iter()
+            .all(|outcome| matches!(outcome, Outcome::Applied | Outcome::Duplicate));
+        if all_done && let Some(last) = deliveries.last() {
+            // The usual case: one frame acks the whole batch (this channel carries only this
+            // consumer's deliveries, all of them in the batch).
+            last.acker.ack(BasicAckOptions { multiple: true }).await?;
+            metrics::counter!("chat_projector_applied_total").increment(applied as u64);
+            return Ok(Processed::Events(deliveries.len()));
+        }
         for (delivery, outcome) in deliveries.iter().zip(&outcomes) {
             match outcome {
                 Outcome::Applied | Outcome::Duplicate => {

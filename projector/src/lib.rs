@@ -210,9 +210,38 @@ impl<H: Handler> Consumer<H> {
         Ok(Processed::Events(deliveries.len()))
     }
 
-    /// Applies a batch in one transaction (a savepoint per event), runs the handler's
-    /// pre-commit step, and commits.
+    /// Applies a batch in one transaction, runs the handler's pre-commit step, and commits.
+    /// First optimistically, every event straight in the transaction; if any event fails,
+    /// the whole attempt is rolled back and the batch is applied again with a savepoint per
+    /// event, so the failing one is set apart and the rest still commit.
     async fn apply_and_commit(
+        &self,
+        deliveries: &[lapin::message::Delivery],
+    ) -> anyhow::Result<Vec<Outcome>> {
+        let messages: Vec<Option<EventMessage>> = deliveries
+            .iter()
+            .map(|delivery| serde_json::from_slice::<EventMessage>(&delivery.data).ok())
+            .collect();
+        if messages.iter().all(Option::is_some) {
+            let messages: Vec<&EventMessage> = messages.iter().flatten().collect();
+            let mut transaction = self.pool.begin().await?;
+            let mut outputs = Vec::new();
+            match apply_batch(&self.handler, &mut transaction, &messages, &mut outputs).await {
+                Ok(Some(outcomes)) => {
+                    self.handler.before_commit(outputs).await?;
+                    transaction.commit().await?;
+                    return Ok(outcomes);
+                }
+                // A gap to fill, or an event that fails: the careful path sorts it out.
+                Ok(None) | Err(_) => transaction.rollback().await?,
+            }
+        }
+        self.apply_event_by_event(deliveries).await
+    }
+
+    /// The careful path: a savepoint per event, so one that fails is requeued (and an
+    /// unreadable one dead-lettered) while the others commit.
+    async fn apply_event_by_event(
         &self,
         deliveries: &[lapin::message::Delivery],
     ) -> anyhow::Result<Vec<Outcome>> {
@@ -323,6 +352,92 @@ async fn apply_in_savepoint<H: Handler>(
             Ok(Outcome::Failed)
         }
     }
+}
+
+/// The exactly-once rule for a whole batch, in set-based statements: every stream position
+/// the batch touches is read (and locked) in one query and written back in one; events at or
+/// below their position are duplicates. `None` when an event is not its stream's next (a gap,
+/// which [`apply_once`] fills from the event store).
+async fn apply_batch<H: Handler>(
+    handler: &H,
+    transaction: &mut Transaction<'_, Postgres>,
+    messages: &[&EventMessage],
+    outputs: &mut Vec<H::Output>,
+) -> anyhow::Result<Option<Vec<Outcome>>> {
+    let positions = handler.positions_table();
+    let mut streams: Vec<(&str, &str)> = messages
+        .iter()
+        .map(|message| {
+            (
+                message.aggregate_type.as_str(),
+                message.aggregate_id.as_str(),
+            )
+        })
+        .collect();
+    streams.sort_unstable();
+    streams.dedup();
+    let (types, ids): (Vec<&str>, Vec<&str>) = streams.iter().copied().unzip();
+    let rows: Vec<(String, String, i64)> = sqlx::query_as(&format!(
+        "SELECT p.aggregate_type, p.aggregate_id, p.last_sequence
+           FROM {positions} p
+           JOIN unnest($1::text[], $2::text[]) AS s(aggregate_type, aggregate_id)
+             ON p.aggregate_type = s.aggregate_type AND p.aggregate_id = s.aggregate_id
+          ORDER BY p.aggregate_type, p.aggregate_id
+          FOR UPDATE OF p"
+    ))
+    .bind(&types)
+    .bind(&ids)
+    .fetch_all(&mut **transaction)
+    .await?;
+    let mut last: std::collections::HashMap<(String, String), i64> = rows
+        .into_iter()
+        .map(|(aggregate_type, aggregate_id, sequence)| ((aggregate_type, aggregate_id), sequence))
+        .collect();
+    let mut applied: std::collections::HashMap<(String, String), i64> =
+        std::collections::HashMap::new();
+    let mut outcomes = Vec::with_capacity(messages.len());
+    for message in messages {
+        let key = (message.aggregate_type.clone(), message.aggregate_id.clone());
+        let current = last.get(&key).copied().unwrap_or(0);
+        if message.sequence <= current {
+            outcomes.push(Outcome::Duplicate);
+            continue;
+        }
+        if message.sequence > current + 1 {
+            return Ok(None);
+        }
+        outputs.extend(handler.apply(transaction, message).await?);
+        last.insert(key.clone(), message.sequence);
+        *applied.entry(key).or_default() += 1;
+        outcomes.push(Outcome::Applied);
+    }
+    if !applied.is_empty() {
+        let mut types = Vec::with_capacity(applied.len());
+        let mut ids = Vec::with_capacity(applied.len());
+        let mut sequences = Vec::with_capacity(applied.len());
+        let mut counts = Vec::with_capacity(applied.len());
+        for (key, count) in applied {
+            sequences.push(last.get(&key).copied().unwrap_or(0));
+            types.push(key.0);
+            ids.push(key.1);
+            counts.push(count);
+        }
+        sqlx::query(&format!(
+            "INSERT INTO {positions} (aggregate_type, aggregate_id, last_sequence, applied_count)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[])
+             ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE
+                SET last_sequence = EXCLUDED.last_sequence,
+                    applied_count = {positions}.applied_count + EXCLUDED.applied_count,
+                    updated_at = now()"
+        ))
+        .bind(&types)
+        .bind(&ids)
+        .bind(&sequences)
+        .bind(&counts)
+        .execute(&mut **transaction)
+        .await?;
+    }
+    Ok(Some(outcomes))
 }
 
 /// The exactly-once rule: skip what the stream position says is done, fill a gap from the

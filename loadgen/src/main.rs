@@ -1,6 +1,6 @@
 //! `loadgen`: real clients for `chatd`, over its public REST and WebSocket API only.
 //!
-//! Scenarios (this increment: `direct` and `group`):
+//! Scenarios (this increment: `direct`, `group` and `idle`):
 //!
 //! - `direct`: P direct pairs, both members online over WebSocket; messages sent at a target
 //!   rate R, open loop (each send is due at its own time, whatever the server does, and its
@@ -8,6 +8,8 @@
 //!   rate), over WebSocket frames or REST.
 //! - `group`: S groups of G members, all online; senders at rate R; every delivered frame is
 //!   measured.
+//! - `idle`: C quiet connections over several source addresses; the server's memory per
+//!   connection and idle CPU, then one broadcast to all of them.
 //!
 //! Each run measures send → recipient-receive latency (HdrHistogram: p50, p90, p99, p99.9,
 //! max), the achieved rates, errors, and checks every recipient's `seq`s per conversation for
@@ -19,6 +21,7 @@
 //! - `run`: the open-loop sender and the receivers.
 //! - `report`: the figures, as a table and as JSON.
 
+mod idle;
 mod report;
 mod run;
 mod setup;
@@ -44,6 +47,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug, Clone)]
 enum Scenario {
+    /// Many quiet connections: server memory per connection, idle CPU, and one broadcast.
+    Idle(idle::Idle),
     /// Direct pairs, everyone online.
     Direct {
         /// Direct conversations (two users each).
@@ -119,6 +124,14 @@ async fn main() -> std::process::ExitCode {
 
 async fn execute(cli: Cli) -> anyhow::Result<()> {
     let api = setup::Api::new(&cli.url)?;
+    if let Scenario::Idle(idle) = &cli.scenario {
+        let result = idle::run(&api, idle).await?;
+        println!("{}", result.table());
+        if let Some(path) = &cli.json {
+            std::fs::write(path, serde_json::to_vec_pretty(&result)?)?;
+        }
+        return Ok(());
+    }
     let (name, load, world) = match &cli.scenario {
         Scenario::Direct { pairs, load } => (
             "direct",
@@ -134,6 +147,7 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
             load.clone(),
             setup::groups(&api, *groups, *members, load.setup_concurrency).await?,
         ),
+        Scenario::Idle(_) => unreachable!("handled above"),
     };
     eprintln!(
         "loadgen: {} users online in {} conversations; sending {} msg/s for {} s over {:?}",

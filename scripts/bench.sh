@@ -54,6 +54,7 @@ runs=(
   "direct-ws-5000|direct --pairs 500 --rate 5000 --seconds $seconds --transport ws"
   "group-100x10|group --groups 10 --members 100 --rate 200 --seconds $seconds --transport ws"
   "group-1000x1|group --groups 1 --members 1000 --rate 20 --seconds $seconds --transport ws"
+  "reconnect-500|direct --pairs 100 --rate 500 --seconds $seconds --transport rest --reconnect-every-ms 300"
   "idle-15000|idle --connections 15000 --users 100 --source-addresses 127.0.0.1,127.0.0.2,127.0.0.3,127.0.0.4 --server-pid $chatd_pid --hold-seconds $seconds"
 )
 report=docs/benchmarks-loadgen.md

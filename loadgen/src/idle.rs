@@ -106,15 +106,8 @@ fn cpu_ticks(pid: u32) -> Option<u64> {
     Some(user + system)
 }
 
-async fn connect_from(
-    api: &Api,
-    source: IpAddr,
-    token: &str,
-) -> anyhow::Result<setup::Socket> {
-    let url = format!(
-        "{}/api/v1/ws",
-        api.base.replacen("http://", "ws://", 1)
-    );
+async fn connect_from(api: &Api, source: IpAddr, token: &str) -> anyhow::Result<setup::Socket> {
+    let url = format!("{}/api/v1/ws", api.base.replacen("http://", "ws://", 1));
     let mut request = url.as_str().into_client_request()?;
     request.headers_mut().insert(
         "authorization",
@@ -136,11 +129,9 @@ async fn connect_from(
     };
     socket.bind(SocketAddr::new(source, 0))?;
     let stream = socket.connect(target).await?;
-    let (mut socket, _) = tokio_tungstenite::client_async(
-        request,
-        tokio_tungstenite::MaybeTlsStream::Plain(stream),
-    )
-    .await?;
+    let (mut socket, _) =
+        tokio_tungstenite::client_async(request, tokio_tungstenite::MaybeTlsStream::Plain(stream))
+            .await?;
     loop {
         let frame = tokio::time::timeout(Duration::from_secs(20), socket.next())
             .await
@@ -215,7 +206,10 @@ pub async fn run(api: &Api, idle: &Idle) -> anyhow::Result<IdleReport> {
         }
         (readers, arrivals)
     };
-    tokio::time::sleep(Duration::from_secs_f64(idle.hold_seconds.clamp(0.0, 3600.0))).await;
+    tokio::time::sleep(Duration::from_secs_f64(
+        idle.hold_seconds.clamp(0.0, 3600.0),
+    ))
+    .await;
     let idle_seconds = idle_started.elapsed().as_secs_f64();
     let ticks_after = idle.server_pid.and_then(cpu_ticks);
     let rss_idle = idle.server_pid.and_then(rss_kib);

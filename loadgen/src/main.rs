@@ -8,6 +8,9 @@
 //!   rate), over WebSocket frames or REST.
 //! - `group`: S groups of G members, all online; senders at rate R; every delivered frame is
 //!   measured.
+//! - `reconnect`: any scenario with `--reconnect-every-ms`: every socket drops at random and
+//!   resumes with its cursor while traffic flows; the checker must find nothing lost or
+//!   duplicated.
 //! - `idle`: C quiet connections over several source addresses; the server's memory per
 //!   connection and idle CPU, then one broadcast to all of them.
 //!
@@ -91,6 +94,10 @@ pub struct Load {
     /// Accounts registered at once during setup.
     #[arg(long, default_value_t = 16)]
     setup_concurrency: usize,
+    /// Drop every socket at random about this often (ms) and resume it with its last
+    /// cursor, while traffic flows (the reconnect scenario; sends go over REST then).
+    #[arg(long, default_value_t = 0)]
+    reconnect_every_ms: u64,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -103,6 +110,10 @@ pub enum Transport {
 impl Load {
     fn duration(&self) -> Duration {
         Duration::from_secs_f64(self.seconds.clamp(0.1, 3600.0))
+    }
+
+    pub fn reconnect_every(&self) -> Option<Duration> {
+        (self.reconnect_every_ms > 0).then(|| Duration::from_millis(self.reconnect_every_ms))
     }
 
     fn drain(&self) -> Duration {
@@ -149,6 +160,9 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
         ),
         Scenario::Idle(_) => unreachable!("handled above"),
     };
+    if load.reconnect_every().is_some() && load.transport == Transport::Ws {
+        anyhow::bail!("--reconnect-every-ms needs --transport rest (the sockets come and go)");
+    }
     eprintln!(
         "loadgen: {} users online in {} conversations; sending {} msg/s for {} s over {:?}",
         world.users.len(),

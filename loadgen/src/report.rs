@@ -40,6 +40,9 @@ pub struct Report {
     pub lost: u64,
     pub duplicated: u64,
     pub out_of_order: u64,
+    pub reconnects: u64,
+    /// Resumes answered `recovered: false`.
+    pub unrecovered: u64,
     pub error_samples: Vec<String>,
 }
 
@@ -77,6 +80,8 @@ impl Report {
             lost: outcome.lost,
             duplicated: outcome.duplicated,
             out_of_order: outcome.out_of_order,
+            reconnects: outcome.reconnects,
+            unrecovered: outcome.unrecovered,
             error_samples: outcome.error_samples,
         }
     }
@@ -111,6 +116,12 @@ impl Report {
                 self.out_of_order
             ),
         ];
+        if self.reconnects > 0 {
+            lines.push(format!(
+                "reconnects: {} (resumed without recovery: {})",
+                self.reconnects, self.unrecovered
+            ));
+        }
         for sample in &self.error_samples {
             lines.push(format!("error sample: {sample}"));
         }

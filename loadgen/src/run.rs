@@ -49,6 +49,166 @@ struct ReaderResult {
     latencies: Histogram<u64>,
     seen: HashMap<Uuid, Seen>,
     errors: Vec<String>,
+    /// Resumes the server could not serve (`resumed` with `recovered: false`).
+    unrecovered: u64,
+    reconnects: u64,
+}
+
+/// How a resuming reader reconnects.
+struct Resume {
+    api: Api,
+    token: String,
+    /// The mean time between drops.
+    every: Duration,
+    seed: u64,
+    /// Where the first connection's `ready` left off.
+    cursor: Option<String>,
+}
+
+/// One socket's receiving side: latencies, `seq`s seen, acks and errors.
+struct Reader {
+    me: Uuid,
+    start: Instant,
+    counters: Arc<Counters>,
+    per_conversation: Arc<Vec<AtomicU64>>,
+    result: ReaderResult,
+}
+
+impl Reader {
+    /// Takes in one text frame; returns the position it moves a resuming client to: the
+    /// cursor of an `event`, or of `resumed` (everything before it has arrived). Not the
+    /// `ready` of a resume: that names the newest event, which may not have arrived yet.
+    fn take(&mut self, text: &str) -> Option<String> {
+        let received = self.start.elapsed();
+        let frame: Value = serde_json::from_str(text).unwrap_or_default();
+        let cursor = match frame["type"].as_str() {
+            Some("event" | "resumed") => frame["cursor"].as_str().map(str::to_owned),
+            _ => None,
+        };
+        match frame["type"].as_str() {
+            Some("event") if frame["event"] == "message.created" => {
+                let data = &frame["data"];
+                let due = data["body"]
+                    .as_str()
+                    .and_then(|body| body.strip_prefix("lg:"))
+                    .and_then(|rest| rest.split_once(':'))
+                    .map(|(due, _)| due.parse::<u64>().unwrap_or(0));
+                if let Some(due) = due {
+                    let conversation: Uuid = data["conversation_id"]
+                        .as_str()
+                        .and_then(|id| id.parse().ok())
+                        .unwrap_or_default();
+                    let seq = data["seq"].as_i64().unwrap_or(0);
+                    let seen = self.result.seen.entry(conversation).or_default();
+                    if !seen.seqs.insert(seq) {
+                        seen.duplicated += 1;
+                    }
+                    if seq < seen.max {
+                        seen.out_of_order += 1;
+                    }
+                    seen.max = seen.max.max(seq);
+                    self.counters.seen.fetch_add(1, Ordering::Relaxed);
+                    if data["sender_id"] != self.me.to_string() {
+                        let latency = (received.as_micros() as u64).saturating_sub(due).max(1);
+                        let _ = self.result.latencies.record(latency.min(60_000_000));
+                        self.counters.delivered.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            Some("ack") => {
+                self.counters.accepted.fetch_add(1, Ordering::Relaxed);
+                if let Some(k) = frame["ref"].as_u64() {
+                    let index = (k as usize) % self.per_conversation.len().max(1);
+                    self.per_conversation[index].fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Some("error") => {
+                self.counters.refused.fetch_add(1, Ordering::Relaxed);
+                if self.result.errors.len() < 5 {
+                    self.result.errors.push(text.to_owned());
+                }
+            }
+            Some("resumed") if frame["recovered"] == false => {
+                self.result.unrecovered += 1;
+            }
+            _ => {}
+        }
+        cursor
+    }
+
+    async fn read(
+        mut self,
+        mut stream: futures::stream::SplitStream<crate::setup::Socket>,
+        mut stop: watch::Receiver<bool>,
+    ) -> anyhow::Result<ReaderResult> {
+        loop {
+            let frame = tokio::select! {
+                frame = stream.next() => frame,
+                _ = stop.changed() => break,
+            };
+            match frame {
+                Some(Ok(Message::Text(text))) => {
+                    self.take(&text);
+                }
+                Some(Ok(_)) => {}
+                None | Some(Err(_)) => break,
+            }
+        }
+        Ok(self.result)
+    }
+
+    /// Reads, and every so often (at random around `resume.every`) drops the connection and
+    /// reconnects with `?cursor=` the last cursor seen, as a phone changing networks does.
+    async fn read_resuming(
+        mut self,
+        socket: crate::setup::Socket,
+        resume: Resume,
+        mut stop: watch::Receiver<bool>,
+    ) -> anyhow::Result<ReaderResult> {
+        let mut socket = Some(socket);
+        let mut cursor = resume.cursor.clone();
+        let mut random = resume.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        loop {
+            // xorshift: a pause between 0.5 and 1.5 times `every`.
+            random ^= random << 13;
+            random ^= random >> 7;
+            random ^= random << 17;
+            let factor = 0.5 + (random % 1000) as f64 / 1000.0;
+            let drop_at = tokio::time::Instant::now() + resume.every.mul_f64(factor);
+            let Some(current) = socket.as_mut() else {
+                break;
+            };
+            loop {
+                let frame = tokio::select! {
+                    frame = current.next() => frame,
+                    _ = stop.changed() => return Ok(self.result),
+                    _ = tokio::time::sleep_until(drop_at) => break,
+                };
+                match frame {
+                    Some(Ok(Message::Text(text))) => {
+                        if let Some(seen) = self.take(&text) {
+                            cursor = Some(seen);
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    None | Some(Err(_)) => break,
+                }
+            }
+            // Dropped without a goodbye, then back with the cursor.
+            drop(socket.take());
+            self.result.reconnects += 1;
+            let query = cursor
+                .as_deref()
+                .map(|cursor| format!("?cursor={cursor}"))
+                .unwrap_or_default();
+            socket = Some(
+                crate::setup::open_socket(&resume.api, &resume.token, &query)
+                    .await?
+                    .0,
+            );
+        }
+        Ok(self.result)
+    }
 }
 
 pub struct Outcome {
@@ -64,6 +224,8 @@ pub struct Outcome {
     pub lost: u64,
     pub duplicated: u64,
     pub out_of_order: u64,
+    pub reconnects: u64,
+    pub unrecovered: u64,
     pub error_samples: Vec<String>,
 }
 
@@ -88,7 +250,39 @@ pub async fn run(api: &Api, world: &World, load: &Load) -> anyhow::Result<Outcom
         let Some(socket) = socket else {
             anyhow::bail!("user {index} has no socket");
         };
-        let (mut sink, mut stream) = socket.split();
+        let me = world.users[index].id;
+        let reader = Reader {
+            me,
+            start,
+            counters: counters.clone(),
+            per_conversation: accepted_per_conversation.clone(),
+            result: ReaderResult {
+                latencies: histogram()?,
+                seen: HashMap::new(),
+                errors: Vec::new(),
+                unrecovered: 0,
+                reconnects: 0,
+            },
+        };
+        if let Some(every) = load.reconnect_every() {
+            // Sends go over REST in this mode; the socket only reads, and drops and resumes.
+            let (writer, _) = mpsc::unbounded_channel::<String>();
+            writers.push(writer);
+            let resume = Resume {
+                api: api.clone(),
+                token: world.users[index].token.clone(),
+                every,
+                seed: index as u64,
+                cursor: world.cursors.get(index).cloned().flatten(),
+            };
+            readers.push(tokio::spawn(reader.read_resuming(
+                socket,
+                resume,
+                stopped.clone(),
+            )));
+            continue;
+        }
+        let (mut sink, stream) = socket.split();
         let (writer, mut outbox) = mpsc::unbounded_channel::<String>();
         let mut writer_stop = stopped.clone();
         tokio::spawn(async move {
@@ -104,78 +298,7 @@ pub async fn run(api: &Api, world: &World, load: &Load) -> anyhow::Result<Outcom
             let _ = sink.close().await;
         });
         writers.push(writer);
-        let me = world.users[index].id;
-        let counters = counters.clone();
-        let per_conversation = accepted_per_conversation.clone();
-        let mut reader_stop = stopped.clone();
-        readers.push(tokio::spawn(async move {
-            let mut result = ReaderResult {
-                latencies: histogram()?,
-                seen: HashMap::new(),
-                errors: Vec::new(),
-            };
-            loop {
-                let frame = tokio::select! {
-                    frame = stream.next() => frame,
-                    _ = reader_stop.changed() => break,
-                };
-                let Some(Ok(Message::Text(text))) = frame else {
-                    if matches!(frame, None | Some(Err(_))) {
-                        break;
-                    }
-                    continue;
-                };
-                let received = start.elapsed();
-                let frame: Value = serde_json::from_str(&text).unwrap_or_default();
-                match frame["type"].as_str() {
-                    Some("event") if frame["event"] == "message.created" => {
-                        let data = &frame["data"];
-                        let Some((due, _)) = data["body"]
-                            .as_str()
-                            .and_then(|body| body.strip_prefix("lg:"))
-                            .and_then(|rest| rest.split_once(':'))
-                        else {
-                            continue;
-                        };
-                        let conversation: Uuid = data["conversation_id"]
-                            .as_str()
-                            .and_then(|id| id.parse().ok())
-                            .unwrap_or_default();
-                        let seq = data["seq"].as_i64().unwrap_or(0);
-                        let seen = result.seen.entry(conversation).or_default();
-                        if !seen.seqs.insert(seq) {
-                            seen.duplicated += 1;
-                        }
-                        if seq < seen.max {
-                            seen.out_of_order += 1;
-                        }
-                        seen.max = seen.max.max(seq);
-                        counters.seen.fetch_add(1, Ordering::Relaxed);
-                        if data["sender_id"] != me.to_string() {
-                            let due: u64 = due.parse().unwrap_or(0);
-                            let latency = (received.as_micros() as u64).saturating_sub(due).max(1);
-                            let _ = result.latencies.record(latency.min(60_000_000));
-                            counters.delivered.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                    Some("ack") => {
-                        counters.accepted.fetch_add(1, Ordering::Relaxed);
-                        if let Some(k) = frame["ref"].as_u64() {
-                            let index = (k as usize) % per_conversation.len().max(1);
-                            per_conversation[index].fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                    Some("error") => {
-                        counters.refused.fetch_add(1, Ordering::Relaxed);
-                        if result.errors.len() < 5 {
-                            result.errors.push(text.to_string());
-                        }
-                    }
-                    _ => {}
-                }
-            }
-            anyhow::Ok(result)
-        }));
+        readers.push(tokio::spawn(reader.read(stream, stopped.clone())));
     }
 
     // The open-loop sender.
@@ -287,8 +410,12 @@ pub async fn run(api: &Api, world: &World, load: &Load) -> anyhow::Result<Outcom
         .map(|(conversation, count)| (conversation.id, count.load(Ordering::Relaxed)))
         .collect();
     let mut results = Vec::with_capacity(readers.len());
+    let mut reconnects = 0;
+    let mut unrecovered = 0;
     for reader in readers {
         let result = reader.await??;
+        reconnects += result.reconnects;
+        unrecovered += result.unrecovered;
         latencies.add(&result.latencies)?;
         for seen in result.seen.values() {
             duplicated += seen.duplicated;
@@ -326,6 +453,8 @@ pub async fn run(api: &Api, world: &World, load: &Load) -> anyhow::Result<Outcom
         lost,
         duplicated,
         out_of_order,
+        reconnects,
+        unrecovered,
         error_samples,
     })
 }

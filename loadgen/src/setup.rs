@@ -53,7 +53,7 @@ impl Api {
         Ok(body)
     }
 
-    fn ws_url(&self) -> String {
+    pub fn ws_url(&self) -> String {
         format!(
             "{}/api/v1/ws",
             self.base
@@ -80,6 +80,8 @@ pub struct World {
     pub conversations: Vec<Conversation>,
     /// One socket per user, in the order of `users`.
     pub sockets: std::sync::Mutex<Vec<Option<Socket>>>,
+    /// Each socket's `ready` cursor: where a resume starts before any event arrived.
+    pub cursors: Vec<Option<String>>,
 }
 
 /// Registers `count` users, `concurrency` at a time (password hashing is the slow part).
@@ -116,43 +118,54 @@ async fn register(api: &Api, count: usize, concurrency: usize) -> anyhow::Result
     Ok(users)
 }
 
+/// Opens one socket (`query` is appended to the URL, e.g. `?cursor=…`) and waits for
+/// `ready`; returns the socket and the cursor `ready` gave.
+pub async fn open_socket(
+    api: &Api,
+    token: &str,
+    query: &str,
+) -> anyhow::Result<(Socket, Option<String>)> {
+    let mut request = format!("{}{query}", api.ws_url()).into_client_request()?;
+    request.headers_mut().insert(
+        "authorization",
+        HeaderValue::from_str(&format!("Bearer {token}"))?,
+    );
+    let (mut socket, _) = tokio_tungstenite::connect_async(request).await?;
+    let cursor = loop {
+        let frame = tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .context("no ready frame within 10 s")?;
+        match frame {
+            Some(Ok(Message::Text(text))) => {
+                let frame: Value = serde_json::from_str(&text)?;
+                if frame["type"] == "ready" {
+                    break frame["cursor"].as_str().map(str::to_owned);
+                }
+            }
+            Some(Ok(_)) => {}
+            _ => bail!("socket closed before ready"),
+        }
+    };
+    socket.flush().await?;
+    Ok((socket, cursor))
+}
+
 /// Opens one socket per user and waits for each `ready`.
 async fn connect_all(
     api: &Api,
     users: &[User],
     concurrency: usize,
-) -> anyhow::Result<Vec<Option<Socket>>> {
-    let url = api.ws_url();
-    futures::stream::iter(users.iter().map(|user| user.token.clone()))
-        .map(|token| {
-            let url = url.clone();
-            async move {
-                let mut request = url.into_client_request()?;
-                request.headers_mut().insert(
-                    "authorization",
-                    HeaderValue::from_str(&format!("Bearer {token}"))?,
-                );
-                let (mut socket, _) = tokio_tungstenite::connect_async(request).await?;
-                loop {
-                    let frame = tokio::time::timeout(Duration::from_secs(10), socket.next())
-                        .await
-                        .context("no ready frame within 10 s")?;
-                    if let Some(Ok(Message::Text(text))) = frame {
-                        let frame: Value = serde_json::from_str(&text)?;
-                        if frame["type"] == "ready" {
-                            break;
-                        }
-                    } else if frame.is_none() {
-                        bail!("socket closed before ready");
-                    }
-                }
-                socket.flush().await?;
-                anyhow::Ok(Some(socket))
-            }
-        })
-        .buffered(concurrency.max(1) * 4)
-        .try_collect()
-        .await
+) -> anyhow::Result<(Vec<Option<Socket>>, Vec<Option<String>>)> {
+    let opened: Vec<(Socket, Option<String>)> =
+        futures::stream::iter(users.iter().map(|user| user.token.clone()))
+            .map(|token| async move { open_socket(api, &token, "").await })
+            .buffered(concurrency.max(1) * 4)
+            .try_collect()
+            .await?;
+    Ok(opened
+        .into_iter()
+        .map(|(socket, cursor)| (Some(socket), cursor))
+        .unzip())
 }
 
 /// `pairs` direct conversations of two fresh users each, everyone online.
@@ -182,11 +195,12 @@ pub async fn direct(api: &Api, pairs: usize, concurrency: usize) -> anyhow::Resu
         .buffered(concurrency.max(1) * 4)
         .try_collect()
         .await?;
-    let sockets = connect_all(api, &users, concurrency).await?;
+    let (sockets, cursors) = connect_all(api, &users, concurrency).await?;
     Ok(World {
         users,
         conversations,
         sockets: std::sync::Mutex::new(sockets),
+        cursors,
     })
 }
 
@@ -216,10 +230,11 @@ pub async fn groups(
             members: indexes,
         });
     }
-    let sockets = connect_all(api, &users, concurrency).await?;
+    let (sockets, cursors) = connect_all(api, &users, concurrency).await?;
     Ok(World {
         users,
         conversations,
         sockets: std::sync::Mutex::new(sockets),
+        cursors,
     })
 }

@@ -172,11 +172,19 @@ async fn run_connection(
         .first()
         .and_then(|(id, _)| Cursor::parse(id))
         .unwrap_or(Cursor::ZERO);
+    // On a resume, `ready` names where the client resumes from, not the newest event: a
+    // client that keeps the last cursor of any frame must not skip the replay if it drops
+    // before the replay ends (`resumed` names the newest once the replay is through).
+    let ready_cursor = resume_from
+        .as_deref()
+        .and_then(Cursor::parse)
+        .filter(|cursor| *cursor <= sent_up_to)
+        .unwrap_or(sent_up_to);
     let ready = json!({
         "type": "ready",
         "connection_id": registration.connection_id,
         "user_id": caller.user_id,
-        "cursor": sent_up_to.to_string(),
+        "cursor": ready_cursor.to_string(),
         "heartbeat_ms": HEARTBEAT.as_millis() as u64,
     });
     send_text(&mut socket, &ready.to_string()).await?;

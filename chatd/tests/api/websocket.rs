@@ -528,7 +528,10 @@ async fn reconnecting_with_a_cursor_delivers_exactly_the_missed_events_in_order(
     let (mut resumed, _) = tokio_tungstenite::connect_async(url)
         .await
         .unwrap_or_else(|error| panic!("{error}"));
-    ready(&mut resumed).await;
+    // `ready` names the resume point, so a client that keeps the last cursor it saw and
+    // drops during the replay resumes from there again, skipping nothing.
+    let greeting = ready(&mut resumed).await;
+    assert_eq!(greeting["cursor"].as_str(), Some(cursor.as_str()));
     let mut per_conversation: std::collections::HashMap<String, Vec<i64>> =
         std::collections::HashMap::new();
     let mut last_cursor = String::new();

@@ -43,6 +43,18 @@ cleanup() {
   wait "$chatd_pid" 2>/dev/null || true
   psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS \"$database\" WITH (FORCE)" >/dev/null 2>&1 || true
   rm -rf "$media_dir"
+  if command -v redis-cli >/dev/null; then
+    redis-cli --scan --pattern "$namespace:*" | xargs -r -n 500 redis-cli del >/dev/null 2>&1 || true
+  fi
+  # The run's broker objects: its durable queues would otherwise keep their messages.
+  if command -v rabbitmqctl >/dev/null; then
+    { rabbitmqctl -q list_queues name 2>/dev/null || true; } | { grep -E "^$namespace\." || true; } |
+      while read -r queue; do rabbitmqctl -q delete_queue "$queue" >/dev/null 2>&1 || true; done
+    { rabbitmqctl -q list_exchanges name 2>/dev/null || true; } | { grep -E "^$namespace\." || true; } |
+      while read -r exchange; do
+        rabbitmqctl -q eval "rabbit_exchange:delete(rabbit_misc:r(<<\"/\">>, exchange, <<\"$exchange\">>), false, <<\"bench\">>)." >/dev/null 2>&1 || true
+      done
+  fi
 }
 trap cleanup EXIT
 for _ in $(seq 1 60); do curl -fs "$url/readyz" >/dev/null && break; sleep 1; done

@@ -503,26 +503,7 @@ pub async fn call_at(
     call_id: Uuid,
     sequence: i64,
 ) -> anyhow::Result<Option<Call>> {
-    let rows: Vec<(String, String, serde_json::Value)> = sqlx::query_as(
-        "SELECT event_type, event_version, payload::jsonb FROM events
-          WHERE aggregate_type = 'call' AND aggregate_id = $1 AND sequence <= $2
-          ORDER BY sequence",
-    )
-    .bind(call_id.to_string())
-    .bind(sequence)
-    .fetch_all(executor)
-    .await?;
-    if rows.is_empty() {
-        return Ok(None);
-    }
-    let mut call = Call::default();
-    for (event_type, event_version, payload) in rows {
-        let payload =
-            domain::upcasting::upcast_payload("call", &event_type, &event_version, payload);
-        let event: CallEvent = serde_json::from_value(payload)?;
-        cqrs_es::Aggregate::apply(&mut call, event);
-    }
-    Ok(Some(call))
+    store::fold(executor, &call_id.to_string(), Some(sequence)).await
 }
 
 /// When the next ring timeout is due, for tests and metrics.

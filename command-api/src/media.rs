@@ -324,19 +324,6 @@ pub async fn attachment_from_log(
     executor: impl sqlx::PgExecutor<'_>,
     media_id: Uuid,
 ) -> anyhow::Result<Option<Attachment>> {
-    let row: Option<(String, String, serde_json::Value)> = sqlx::query_as(
-        "SELECT event_type, event_version, payload::jsonb FROM events
-          WHERE aggregate_type = 'media' AND aggregate_id = $1 ORDER BY sequence LIMIT 1",
-    )
-    .bind(media_id.to_string())
-    .fetch_optional(executor)
-    .await?;
-    let Some((event_type, event_version, payload)) = row else {
-        return Ok(None);
-    };
-    let payload = domain::upcasting::upcast_payload("media", &event_type, &event_version, payload);
-    let event: domain::media::MediaEvent = serde_json::from_value(payload)?;
-    let mut media = Media::default();
-    cqrs_es::Aggregate::apply(&mut media, event);
-    Ok(media.attachment())
+    let media: Option<Media> = store::fold(executor, &media_id.to_string(), None).await?;
+    Ok(media.and_then(|media| media.attachment()))
 }

@@ -195,3 +195,34 @@ impl<E: std::error::Error> Attempt<E> {
         }
     }
 }
+
+/// One aggregate as it stood after its event at `up_to` (its latest state when `None`),
+/// folded from the log through the upcasters on the caller's connection or transaction.
+/// `None` when the stream has no events that far. For readers that hold no
+/// [`AggregateStore`], or need a past state (a push shows each change in turn).
+pub async fn fold<A: Aggregate>(
+    executor: impl sqlx::PgExecutor<'_>,
+    aggregate_id: &str,
+    up_to: Option<i64>,
+) -> anyhow::Result<Option<A>> {
+    let rows: Vec<(String, String, serde_json::Value)> = sqlx::query_as(
+        "SELECT event_type, event_version, payload::jsonb FROM events
+          WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence <= $3
+          ORDER BY sequence",
+    )
+    .bind(A::TYPE)
+    .bind(aggregate_id)
+    .bind(up_to.unwrap_or(i64::MAX))
+    .fetch_all(executor)
+    .await?;
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let mut aggregate = A::default();
+    for (event_type, event_version, payload) in rows {
+        let payload =
+            domain::upcasting::upcast_payload(A::TYPE, &event_type, &event_version, payload);
+        aggregate.apply(serde_json::from_value(payload)?);
+    }
+    Ok(Some(aggregate))
+}

@@ -15,7 +15,7 @@ use sqlx::{PgPool, Postgres};
 use std::str::FromStr;
 use std::time::Duration;
 
-pub use event_store::{AggregateStore, Committed, ExecuteError, StreamPosition};
+pub use event_store::{AggregateStore, Committed, ExecuteError, StreamPosition, fold};
 
 /// The migrations in `migrations/`, embedded at build time.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");

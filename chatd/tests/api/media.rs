@@ -658,6 +658,15 @@ async fn an_avatar_is_anyones_to_see() {
     assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(json_body(response).await["code"], "media_not_found");
 
+    // Bob shares a conversation with Alice, so her profile changes reach his socket.
+    app.post(
+        "/api/v1/conversations",
+        Some(&alice.access_token),
+        &json!({"type": "direct", "user_id": bob.id}),
+    )
+    .await;
+    let mut bob_socket = connect(&app, &bob.access_token).await;
+    ready(&mut bob_socket).await;
     let avatar = upload(&app, &alice, corpus::jpeg(400, 400)).await;
     let response = app
         .patch(
@@ -667,6 +676,15 @@ async fn an_avatar_is_anyones_to_see() {
         )
         .await;
     assert_eq!(response.status(), StatusCode::OK);
+    let pushed = loop {
+        let event = next_event(&mut bob_socket).await;
+        if event["event"] == "user.updated" {
+            break event;
+        }
+    };
+    assert_eq!(pushed["data"]["avatar"]["id"], avatar["id"], "{pushed}");
+    let pushed_url = pushed["data"]["avatar"]["url"].as_str().unwrap_or_default();
+    assert_eq!(fetch(&app, pushed_url).await.status(), StatusCode::OK);
     let consistency = header(&response, "x-consistency-token");
     let user = json_body(response).await;
     assert_eq!(user["avatar"]["id"], avatar["id"]);

@@ -168,7 +168,9 @@ impl App {
                 state.clone(),
                 query_api::read_consistency,
             ));
-            router = router.merge(routes.with_state(state));
+            let (media_routes, _) = query_api::media_router().split_for_parts();
+            router = router.merge(routes.with_state(state.clone()));
+            router = router.merge(media_routes.with_state(state));
         }
         if self.roles.push {
             let state = PushState {
@@ -397,6 +399,7 @@ async fn method_not_allowed() -> web::ApiError {
 pub fn openapi() -> utoipa::openapi::OpenApi {
     let (_, commands) = command_api::router().split_for_parts();
     let (_, queries) = query_api::router().split_for_parts();
+    let (_, media) = query_api::media_router().split_for_parts();
     let (_, operations) = OpenApiRouter::<ops::OpsState>::with_openapi(ops::ApiDoc::openapi_base())
         .routes(utoipa_axum::routes!(ops::healthz))
         .routes(utoipa_axum::routes!(ops::readyz))
@@ -404,6 +407,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     let mut document = operations;
     document.merge(commands);
     document.merge(queries);
+    document.merge(media);
     document
 }
 

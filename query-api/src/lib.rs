@@ -58,7 +58,6 @@ pub fn router() -> OpenApiRouter<QueryState> {
         .routes(routes!(calls::ice_servers))
         .routes(routes!(calls::get_call))
         .routes(routes!(calls::conversation_calls))
-        .routes(routes!(media::serve))
         .routes(routes!(audit::events))
         .routes(routes!(audit::conversation_state))
 }
@@ -73,6 +72,12 @@ pub(crate) fn page_limit(limit: Option<i64>) -> Result<i64, web::ApiError> {
             "limit must be 1 to 200",
         )),
     }
+}
+
+/// The bytes behind signed media links. Kept out of [`read_consistency`]: an image fetch
+/// reads no read model, so it neither waits for a token nor pays for the lag query.
+pub fn media_router() -> OpenApiRouter<QueryState> {
+    OpenApiRouter::new().routes(routes!(media::serve))
 }
 
 /// Waits for the request's consistency token, runs the query, and reports the lag.

@@ -123,6 +123,8 @@ async fn each_image_type_is_stored_re_encoded_and_served_with_its_headers() {
             header(&response, "x-content-type-options").as_deref(),
             Some("nosniff")
         );
+        // An image fetch reads no read model: no lag query, no lag header.
+        assert_eq!(header(&response, "x-read-model-lag-ms"), None);
         let cache = header(&response, "cache-control").unwrap_or_default();
         assert!(cache.starts_with("private, max-age="), "{cache}");
         let etag = header(&response, "etag").unwrap_or_default();

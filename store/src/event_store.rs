@@ -6,7 +6,7 @@
 //! in-process: the outbox and the projector do that job durably.
 
 use cqrs_es::event_sink::EventSink;
-use cqrs_es::persist::PersistedEventStore;
+use cqrs_es::persist::{EventStoreAggregateContext, PersistedEventStore};
 use cqrs_es::{Aggregate, AggregateError, EventStore};
 use domain::metadata::EventMetadata;
 use postgres_es::PostgresEventRepository;
@@ -49,10 +49,29 @@ pub enum ExecuteError<E: std::error::Error> {
 /// nodes, and those are decided again.
 const STREAM_LOCKS: usize = 128;
 
+/// Aggregates kept in memory after a command, per store (a bound, not a target: past it an
+/// arbitrary entry makes room).
+const CACHED_AGGREGATES: usize = 10_000;
+
 /// The event store for one aggregate type.
 pub struct AggregateStore<A: Aggregate> {
     store: PersistedEventStore<PostgresEventRepository, A>,
     locks: Vec<tokio::sync::Mutex<()>>,
+    /// For the check that a cached aggregate is still the newest.
+    pool: PgPool,
+    /// Snapshot every this many events (`None`: no snapshots), as the store does.
+    snapshot_every: Option<usize>,
+    /// Each stream's state after the last command this store committed to it. Used only after
+    /// checking that the stream has not grown since (another node, or another store), so a
+    /// command is always decided on the newest state; it saves reading and folding the
+    /// snapshot and the events after it.
+    cache: std::sync::Mutex<std::collections::HashMap<String, Cached<A>>>,
+}
+
+struct Cached<A> {
+    aggregate: A,
+    sequence: usize,
+    snapshot: Option<usize>,
 }
 
 impl<A> AggregateStore<A>
@@ -61,29 +80,105 @@ where
     A::Command: Clone,
 {
     pub fn new(pool: PgPool) -> Self {
-        let repository = PostgresEventRepository::new(pool);
+        let repository = PostgresEventRepository::new(pool.clone());
         Self::with_store(
             PersistedEventStore::new_event_store(repository)
                 .with_upcasters(domain::upcasting::upcasters()),
+            pool,
+            None,
         )
     }
 
     /// A store that snapshots the aggregate every `every` events, so loading reads one
     /// snapshot and fewer than `every` events however long the stream is.
     pub fn with_snapshots(pool: PgPool, every: usize) -> Self {
-        let repository = PostgresEventRepository::new(pool);
+        let repository = PostgresEventRepository::new(pool.clone());
         Self::with_store(
             PersistedEventStore::new_snapshot_store(repository, every)
                 .with_upcasters(domain::upcasting::upcasters()),
+            pool,
+            Some(every.max(1)),
         )
     }
 
-    fn with_store(store: PersistedEventStore<PostgresEventRepository, A>) -> Self {
+    fn with_store(
+        store: PersistedEventStore<PostgresEventRepository, A>,
+        pool: PgPool,
+        snapshot_every: Option<usize>,
+    ) -> Self {
         Self {
             store,
             locks: (0..STREAM_LOCKS)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
+            pool,
+            snapshot_every,
+            cache: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    /// The stream's context for a command: the cached state if the stream's last sequence is
+    /// still the cached one (one index lookup), otherwise loaded from the store. The entry
+    /// leaves the cache either way; only a committed command puts it back.
+    async fn context(
+        &self,
+        aggregate_id: &str,
+    ) -> Result<EventStoreAggregateContext<A>, Attempt<A::Error>> {
+        let cached = self
+            .cache
+            .lock()
+            .ok()
+            .and_then(|mut cache| cache.remove(aggregate_id));
+        if let Some(cached) = cached {
+            let last: Option<i64> = sqlx::query_scalar(
+                "SELECT max(sequence) FROM events WHERE aggregate_type = $1 AND aggregate_id = $2",
+            )
+            .bind(A::TYPE)
+            .bind(aggregate_id)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|error| Attempt::Failed(ExecuteError::Store(error.to_string())))?;
+            if last.and_then(|last| usize::try_from(last).ok()) == Some(cached.sequence) {
+                return Ok(EventStoreAggregateContext {
+                    aggregate_id: aggregate_id.to_owned(),
+                    aggregate: cached.aggregate,
+                    current_sequence: cached.sequence,
+                    current_snapshot: cached.snapshot,
+                });
+            }
+        }
+        self.store
+            .load_aggregate(aggregate_id)
+            .await
+            .map_err(Attempt::from_aggregate_error)
+    }
+
+    /// Keeps `aggregate` as the state at `sequence` (snapshot version `snapshot`).
+    fn remember(&self, aggregate_id: &str, cached: Cached<A>) {
+        let Ok(mut cache) = self.cache.lock() else {
+            return;
+        };
+        if cache.len() >= CACHED_AGGREGATES
+            && !cache.contains_key(aggregate_id)
+            && let Some(evicted) = cache.keys().next().cloned()
+        {
+            cache.remove(&evicted);
+        }
+        cache.insert(aggregate_id.to_owned(), cached);
+    }
+
+    /// The snapshot version after committing `events` on top of `context`, as the store
+    /// computes it: a new version whenever the commit crosses a multiple of `every`.
+    fn snapshot_after(
+        &self,
+        context: &EventStoreAggregateContext<A>,
+        events: usize,
+    ) -> Option<usize> {
+        match self.snapshot_every {
+            Some(every) if events >= every - context.current_sequence % every => {
+                Some(context.current_snapshot.map_or(1, |version| version + 1))
+            }
+            _ => context.current_snapshot,
         }
     }
 
@@ -133,11 +228,7 @@ where
         services: &A::Services,
         metadata: &EventMetadata,
     ) -> Result<Committed<A>, Attempt<A::Error>> {
-        let mut context = self
-            .store
-            .load_aggregate(aggregate_id)
-            .await
-            .map_err(Attempt::from_aggregate_error)?;
+        let mut context = self.context(aggregate_id).await?;
         let sequence_before = context.current_sequence;
         let sink: EventSink<A> = EventSink::default();
         context
@@ -152,17 +243,19 @@ where
             aggregate_id: aggregate_id.to_owned(),
             sequence: i64::try_from(sequence_before + events.len()).unwrap_or(i64::MAX),
         };
-        if events.is_empty() {
-            return Ok(Committed {
-                aggregate,
-                events,
-                position,
-            });
+        let snapshot = self.snapshot_after(&context, events.len());
+        let remembered = Cached {
+            aggregate: aggregate.clone(),
+            sequence: sequence_before + events.len(),
+            snapshot,
+        };
+        if !events.is_empty() {
+            self.store
+                .commit(events.clone(), context, metadata.to_map())
+                .await
+                .map_err(Attempt::from_aggregate_error)?;
         }
-        self.store
-            .commit(events.clone(), context, metadata.to_map())
-            .await
-            .map_err(Attempt::from_aggregate_error)?;
+        self.remember(aggregate_id, remembered);
         Ok(Committed {
             aggregate,
             events,

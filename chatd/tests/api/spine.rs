@@ -432,3 +432,102 @@ async fn a_database_outage_holds_the_batch_and_dead_letters_nothing() {
     .unwrap_or(99);
     assert_eq!(dead, 0, "an outage must not dead-letter events");
 }
+
+/// Two stores write to one conversation in turns (as two nodes would): each decides every
+/// command on the newest state, whatever it last cached, and snapshots keep their versions.
+#[tokio::test]
+async fn a_store_decides_on_the_newest_state_when_another_wrote_since_it_cached() {
+    use domain::conversation::{
+        Conversation, ConversationCommand, ConversationKind, ConversationServices, MessageBody,
+    };
+    use domain::metadata::EventMetadata;
+    use domain::{ConversationId, MessageId, UserId};
+    use store::AggregateStore;
+
+    let app = spawn_app_with(fresh_settings(), HTTP_ONLY).await;
+    let services = ConversationServices {
+        messages: std::sync::Arc::new(command_api::conversations::IndexedMessages {
+            pool: app.pool.clone(),
+        }),
+    };
+    // Snapshots every 3 events, so the turns cross snapshot versions many times.
+    let first = AggregateStore::<Conversation>::with_snapshots(app.pool.clone(), 3);
+    let second = AggregateStore::<Conversation>::with_snapshots(app.pool.clone(), 3);
+    let (alice, bob) = (UserId::new(), UserId::new());
+    let conversation_id = ConversationId::new();
+    let id = conversation_id.to_string();
+    let metadata = || EventMetadata {
+        actor_id: Some(alice),
+        request_id: "cache-test".to_owned(),
+        recorded_at: chrono::Utc::now(),
+    };
+    let create = ConversationCommand::Create {
+        conversation_id,
+        kind: ConversationKind::Group,
+        creator_id: alice,
+        member_ids: vec![bob],
+        title: Some(
+            domain::conversation::Title::parse("turns").unwrap_or_else(|error| panic!("{error}")),
+        ),
+        at: chrono::Utc::now(),
+    };
+    first
+        .execute(&id, create, &services, &metadata())
+        .await
+        .unwrap_or_else(|error| panic!("created: {error:?}"));
+    let send = |sender: UserId| ConversationCommand::SendMessage {
+        message_id: MessageId::new(),
+        sender_id: sender,
+        client_message_id: None,
+        body: Some(MessageBody::parse("hello").unwrap_or_else(|error| panic!("a body: {error:?}"))),
+        attachments: vec![],
+        reply_to_id: None,
+        at: chrono::Utc::now(),
+    };
+    // Turns of one, two and three commands per store.
+    let mut expected_seq = 0;
+    for turn in 0..12 {
+        let store = if turn % 2 == 0 { &first } else { &second };
+        for _ in 0..(turn % 3 + 1) {
+            let committed = store
+                .execute(&id, send(alice), &services, &metadata())
+                .await
+                .unwrap_or_else(|error| panic!("sent: {error:?}"));
+            expected_seq += 1;
+            assert_eq!(committed.aggregate.last_seq, expected_seq);
+        }
+    }
+    // Bob leaves through the first store, which then holds him as a non-member; the second
+    // adds him back. The first must accept his message: a refusal commits nothing, so only
+    // the check of its cache against the log can catch that it is stale.
+    let leave = ConversationCommand::RemoveMember {
+        by: bob,
+        user_id: bob,
+        at: chrono::Utc::now(),
+    };
+    first
+        .execute(&id, leave, &services, &metadata())
+        .await
+        .unwrap_or_else(|error| panic!("left: {error:?}"));
+    let add = ConversationCommand::AddMember {
+        by: alice,
+        user_id: bob,
+        at: chrono::Utc::now(),
+    };
+    second
+        .execute(&id, add, &services, &metadata())
+        .await
+        .unwrap_or_else(|error| panic!("added back: {error:?}"));
+    let committed = first
+        .execute(&id, send(bob), &services, &metadata())
+        .await
+        .unwrap_or_else(|error| panic!("a member's message was refused: {error:?}"));
+    assert_eq!(committed.aggregate.last_seq, expected_seq + 3);
+    let loaded = AggregateStore::<Conversation>::with_snapshots(app.pool.clone(), 3)
+        .load(&id)
+        .await
+        .unwrap_or_else(|error| panic!("loaded: {error:?}"))
+        .unwrap_or_else(|| panic!("the conversation does not exist"));
+    assert_eq!(loaded.last_seq, expected_seq + 3);
+    assert!(loaded.members.contains_key(&bob));
+}

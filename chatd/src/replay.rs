@@ -300,30 +300,13 @@ async fn write_batch(
         entry.0 = entry.0.max(event.sequence);
         entry.1 += 1;
     }
-    // One statement for every stream the batch touched.
-    let mut types = Vec::with_capacity(positions.len());
-    let mut ids = Vec::with_capacity(positions.len());
-    let mut sequences = Vec::with_capacity(positions.len());
-    let mut counts = Vec::with_capacity(positions.len());
-    for ((aggregate_type, aggregate_id), (sequence, count)) in positions {
-        types.push(aggregate_type);
-        ids.push(aggregate_id);
-        sequences.push(sequence);
-        counts.push(count);
-    }
-    sqlx::query(
-        "INSERT INTO projection_positions (aggregate_type, aggregate_id, last_sequence, applied_count)
-         SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[])
-         ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE
-            SET last_sequence = EXCLUDED.last_sequence,
-                applied_count = projection_positions.applied_count + EXCLUDED.applied_count",
-    )
-    .bind(&types)
-    .bind(&ids)
-    .bind(&sequences)
-    .bind(&counts)
-    .execute(&mut **transaction)
-    .await?;
+    // One statement for every stream the batch touched (the scratch table, by search_path).
+    let moved = positions
+        .into_iter()
+        .map(|((aggregate_type, aggregate_id), (sequence, count))| {
+            (aggregate_type, aggregate_id, sequence, count)
+        });
+    projector::advance_positions(&mut **transaction, "projection_positions", moved).await?;
     Ok(events.len() as u64)
 }
 

@@ -55,6 +55,21 @@ pub trait Handler: Send + Sync + 'static {
         event: &EventMessage,
     ) -> anyhow::Result<Vec<Self::Output>>;
 
+    /// Applies several events in order inside the batch transaction, as [`Handler::apply`]
+    /// one by one would; handlers override it to write runs of events with set-based
+    /// statements.
+    async fn apply_all(
+        &self,
+        transaction: &mut Transaction<'_, Postgres>,
+        events: &[&EventMessage],
+    ) -> anyhow::Result<Vec<Self::Output>> {
+        let mut outputs = Vec::new();
+        for event in events {
+            outputs.extend(self.apply(transaction, event).await?);
+        }
+        Ok(outputs)
+    }
+
     /// Runs after every event of the batch is applied and before the commit. If it fails the
     /// batch rolls back and is delivered again, so nothing it does is lost (at worst done
     /// twice after a failure).
@@ -356,8 +371,9 @@ async fn apply_in_savepoint<H: Handler>(
 
 /// The exactly-once rule for a whole batch, in set-based statements: every stream position
 /// the batch touches is read (and locked) in one query and written back in one; events at or
-/// below their position are duplicates. `None` when an event is not its stream's next (a gap,
-/// which [`apply_once`] fills from the event store).
+/// below their position are duplicates, and the rest go to [`Handler::apply_all`] together.
+/// `None` when an event is not its stream's next (a gap, which [`apply_once`] fills from the
+/// event store).
 async fn apply_batch<H: Handler>(
     handler: &H,
     transaction: &mut Transaction<'_, Postgres>,
@@ -365,6 +381,13 @@ async fn apply_batch<H: Handler>(
     outputs: &mut Vec<H::Output>,
 ) -> anyhow::Result<Option<Vec<Outcome>>> {
     let positions = handler.positions_table();
+    // A live batch touches a few rows of tables that grow without bound: index lookups always
+    // win, but for a batch joined to `unnest(...)` the planner, which cannot see its size,
+    // picks a sequential scan of the whole table (measured: most of the consumers' Postgres
+    // time under load).
+    sqlx::query("SET LOCAL enable_seqscan = off")
+        .execute(&mut **transaction)
+        .await?;
     let mut streams: Vec<(&str, &str)> = messages
         .iter()
         .map(|message| {
@@ -396,6 +419,7 @@ async fn apply_batch<H: Handler>(
     let mut applied: std::collections::HashMap<(String, String), i64> =
         std::collections::HashMap::new();
     let mut outcomes = Vec::with_capacity(messages.len());
+    let mut to_apply = Vec::with_capacity(messages.len());
     for message in messages {
         let key = (message.aggregate_type.clone(), message.aggregate_id.clone());
         let current = last.get(&key).copied().unwrap_or(0);
@@ -406,38 +430,54 @@ async fn apply_batch<H: Handler>(
         if message.sequence > current + 1 {
             return Ok(None);
         }
-        outputs.extend(handler.apply(transaction, message).await?);
+        to_apply.push(*message);
         last.insert(key.clone(), message.sequence);
         *applied.entry(key).or_default() += 1;
         outcomes.push(Outcome::Applied);
     }
-    if !applied.is_empty() {
-        let mut types = Vec::with_capacity(applied.len());
-        let mut ids = Vec::with_capacity(applied.len());
-        let mut sequences = Vec::with_capacity(applied.len());
-        let mut counts = Vec::with_capacity(applied.len());
-        for (key, count) in applied {
-            sequences.push(last.get(&key).copied().unwrap_or(0));
-            types.push(key.0);
-            ids.push(key.1);
-            counts.push(count);
-        }
-        sqlx::query(&format!(
-            "INSERT INTO {positions} (aggregate_type, aggregate_id, last_sequence, applied_count)
-             SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[])
-             ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE
-                SET last_sequence = EXCLUDED.last_sequence,
-                    applied_count = {positions}.applied_count + EXCLUDED.applied_count,
-                    updated_at = now()"
-        ))
-        .bind(&types)
-        .bind(&ids)
-        .bind(&sequences)
-        .bind(&counts)
-        .execute(&mut **transaction)
-        .await?;
-    }
+    outputs.extend(handler.apply_all(transaction, &to_apply).await?);
+    let moved = applied.into_iter().map(|(key, count)| {
+        let sequence = last.get(&key).copied().unwrap_or(0);
+        (key.0, key.1, sequence, count)
+    });
+    advance_positions(&mut **transaction, positions, moved).await?;
     Ok(Some(outcomes))
+}
+
+/// Moves many streams' positions in one statement: each `(aggregate_type, aggregate_id,
+/// last_sequence, applied)` sets the stream's last sequence and adds `applied` to its count.
+/// The live consumers and the rebuild (`chatd replay`) share it.
+pub async fn advance_positions(
+    executor: impl sqlx::PgExecutor<'_>,
+    table: &str,
+    moved: impl IntoIterator<Item = (String, String, i64, i64)>,
+) -> sqlx::Result<()> {
+    let (mut types, mut ids, mut sequences, mut counts) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (aggregate_type, aggregate_id, sequence, count) in moved {
+        types.push(aggregate_type);
+        ids.push(aggregate_id);
+        sequences.push(sequence);
+        counts.push(count);
+    }
+    if types.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(&format!(
+        "INSERT INTO {table} (aggregate_type, aggregate_id, last_sequence, applied_count)
+         SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[])
+         ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE
+            SET last_sequence = EXCLUDED.last_sequence,
+                applied_count = {table}.applied_count + EXCLUDED.applied_count,
+                updated_at = now()"
+    ))
+    .bind(&types)
+    .bind(&ids)
+    .bind(&sequences)
+    .bind(&counts)
+    .execute(executor)
+    .await?;
+    Ok(())
 }
 
 /// The exactly-once rule: skip what the stream position says is done, fill a gap from the

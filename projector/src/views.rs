@@ -39,6 +39,15 @@ impl crate::Handler for ReadModels {
         Ok(Vec::new())
     }
 
+    async fn apply_all(
+        &self,
+        transaction: &mut Transaction<'_, Postgres>,
+        events: &[&EventMessage],
+    ) -> anyhow::Result<Vec<()>> {
+        apply_all(transaction, events).await?;
+        Ok(Vec::new())
+    }
+
     async fn before_commit(&self, _outputs: Vec<()>) -> anyhow::Result<()> {
         Ok(())
     }
@@ -444,15 +453,17 @@ async fn advance_timeline(
 }
 
 /// Applies `events` in order, like [`apply`] one by one, but writes each run of consecutive
-/// `MessageSent` events with three statements instead of three per message (for rebuilds).
+/// `MessageSent` events with three statements instead of three per message (for rebuilds,
+/// and for the live projector's batches).
 /// Every write a `MessageSent` makes is an insert or a monotonic maximum, so a run applied
 /// together leaves the same rows as one applied event by event.
-pub async fn apply_all(
+pub async fn apply_all<M: std::borrow::Borrow<EventMessage>>(
     transaction: &mut Transaction<'_, Postgres>,
-    events: &[EventMessage],
+    events: &[M],
 ) -> anyhow::Result<()> {
     let mut run: Vec<(Uuid, ConversationEvent)> = Vec::new();
     for message in events {
+        let message: &EventMessage = message.borrow();
         if message.aggregate_type == Conversation::TYPE && message.event_type == "MessageSent" {
             let payload = domain::upcasting::upcast_payload(
                 &message.aggregate_type,

@@ -7,8 +7,28 @@
 
 use redis::aio::ConnectionManager;
 use std::collections::HashSet;
+use std::sync::LazyLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use uuid::Uuid;
+
+/// For each user key, the distinct nodes of its live entries: a fan-out to users with many
+/// connections moves a few node ids out of Redis, not every entry.
+const NODES_OF: &str = r"
+local result = {}
+for i, key in ipairs(KEYS) do
+  local seen = {}
+  local nodes = {}
+  for _, member in ipairs(redis.call('ZRANGEBYSCORE', key, ARGV[1], '+inf')) do
+    local node = string.match(member, '^([^|]*)|')
+    if node and not seen[node] then
+      seen[node] = true
+      nodes[#nodes + 1] = node
+    end
+  end
+  result[i] = nodes
+end
+return result
+";
 
 /// How long an entry counts without a heartbeat.
 pub const ENTRY_TTL: Duration = Duration::from_secs(60);
@@ -136,26 +156,17 @@ impl UserMap {
         if user_ids.is_empty() {
             return Ok(Vec::new());
         }
-        let now = now_ms();
-        let mut pipeline = redis::pipe();
+        static SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(NODES_OF));
+        let mut invocation = SCRIPT.prepare_invoke();
         for user_id in user_ids {
-            pipeline
-                .cmd("ZRANGEBYSCORE")
-                .arg(self.key(*user_id))
-                .arg(now)
-                .arg("+inf");
+            invocation.key(self.key(*user_id));
         }
+        invocation.arg(now_ms());
         let mut redis = self.redis.clone();
-        let members: Vec<Vec<String>> = pipeline.query_async(&mut redis).await?;
-        Ok(members
+        let nodes: Vec<Vec<String>> = invocation.invoke_async(&mut redis).await?;
+        Ok(nodes
             .into_iter()
-            .map(|entries| {
-                entries
-                    .iter()
-                    .filter_map(|entry| entry.split_once('|'))
-                    .filter_map(|(node, _)| node.parse().ok())
-                    .collect()
-            })
+            .map(|nodes| nodes.iter().filter_map(|node| node.parse().ok()).collect())
             .collect())
     }
 }

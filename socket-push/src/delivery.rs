@@ -18,11 +18,12 @@ pub struct Delivery {
     pub namespace: String,
 }
 
-/// One frame for one user; `cursor` is set on `event` frames.
+/// One frame for one user; `cursor` is set on `event` frames. Frames that are the same for
+/// many users share one text.
 pub struct Addressed {
     pub user_id: Uuid,
     pub cursor: Option<String>,
-    pub text: String,
+    pub text: Arc<str>,
 }
 
 impl Delivery {
@@ -42,13 +43,13 @@ impl Delivery {
                     remote.entry(*node).or_default().push(NodeFrame {
                         user_id: frame.user_id,
                         cursor: frame.cursor.clone(),
-                        text: frame.text.clone(),
+                        text: frame.text.to_string(),
                     });
                 }
             }
             let outbound = Outbound {
                 cursor: frame.cursor.as_deref().and_then(Cursor::parse),
-                text: Arc::from(frame.text),
+                text: frame.text,
             };
             self.hub.deliver(frame.user_id, &outbound);
         }

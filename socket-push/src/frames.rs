@@ -343,9 +343,10 @@ async fn relay_signal(
     if from == to || !participant(from) || !participant(to) {
         return Err(not_a_participant());
     }
-    let text =
+    let text: std::sync::Arc<str> =
         json!({"type": "call.signal", "call_id": call_id, "from_user_id": from, "signal": signal})
-            .to_string();
+            .to_string()
+            .into();
     metrics::counter!("chat_call_signals_total").increment(1);
     state
         .delivery
@@ -392,8 +393,10 @@ async fn relay_typing(
     if admitted.is_none() {
         return Ok(());
     }
-    let text = json!({"type": "typing", "conversation_id": conversation_id, "user_id": user_id})
-        .to_string();
+    let text: std::sync::Arc<str> =
+        json!({"type": "typing", "conversation_id": conversation_id, "user_id": user_id})
+            .to_string()
+            .into();
     let frames = members
         .into_iter()
         .filter(|member| *member != user_id)

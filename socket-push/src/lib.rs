@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 use web::{ApiError, Authenticator, Caller};
 
@@ -36,6 +36,8 @@ use hub::{Cursor, Hub, Outbound};
 
 /// Frames above this close the socket with 1009.
 pub const MAX_FRAME_BYTES: usize = 64 * 1024;
+/// A connection's read buffer (grown while a larger frame is read).
+pub const READ_BUFFER_BYTES: usize = 1024;
 pub const HEARTBEAT: Duration = Duration::from_secs(25);
 /// How long a kicked connection's close frame may wait behind buffered frames.
 pub const CLOSE_GRACE: Duration = Duration::from_secs(30);
@@ -109,7 +111,9 @@ pub async fn connect(
     Ok(upgrade
         .max_message_size(MAX_FRAME_BYTES)
         .max_frame_size(MAX_FRAME_BYTES)
-        .read_buffer_size(4 * 1024)
+        // Client frames are small; a larger one grows the buffer while it is read. Every idle
+        // connection holds this buffer, so it is kept to 1 KiB (measured in `loadgen idle`).
+        .read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(4 * 1024)
         .on_upgrade(move |socket| serve_connection(socket, caller, state, query.cursor))
         .into_response())
@@ -130,10 +134,10 @@ async fn serve_connection(
         tracing::debug!(%error, %connection_id, "websocket closed");
     }
     state.hub.unregister(user_id, connection_id);
-    if let Err(error) = state.delivery.user_map.remove(user_id, connection_id).await {
+    if let Err(error) = Box::pin(state.delivery.user_map.remove(user_id, connection_id)).await {
         tracing::warn!(%error, "could not remove a connection from the user map; it expires");
     }
-    if let Err(error) = presence::went_offline(&state, user_id).await {
+    if let Err(error) = Box::pin(presence::went_offline(&state, user_id)).await {
         tracing::warn!(error = %format!("{error:#}"), "could not announce presence");
     }
 }
@@ -152,25 +156,20 @@ async fn run_connection(
 ) -> anyhow::Result<()> {
     let inbox = push::inbox_key(&state.namespace, caller.user_id);
     let mut redis = state.redis.clone();
-    state
-        .delivery
-        .user_map
-        .touch(caller.user_id, registration.connection_id)
-        .await?;
-    presence::came_online(state, caller.user_id).await?;
+    Box::pin(
+        state
+            .delivery
+            .user_map
+            .touch(caller.user_id, registration.connection_id),
+    )
+    .await?;
+    Box::pin(presence::came_online(state, caller.user_id)).await?;
     // Registered before the inbox is read, so nothing can fall between the two: frames that
     // arrive meanwhile wait in the queue and are dropped there if already sent.
-    let newest: Vec<(String, Vec<(String, String)>)> = redis::cmd("XREVRANGE")
-        .arg(&inbox)
-        .arg("+")
-        .arg("-")
-        .arg("COUNT")
-        .arg(1)
-        .query_async(&mut redis)
-        .await?;
+    let newest: Option<String> = Box::pin(NEWEST_ID.key(&inbox).invoke_async(&mut redis)).await?;
     let mut sent_up_to = newest
-        .first()
-        .and_then(|(id, _)| Cursor::parse(id))
+        .as_deref()
+        .and_then(Cursor::parse)
         .unwrap_or(Cursor::ZERO);
     // On a resume, `ready` names where the client resumes from, not the newest event: a
     // client that keeps the last cursor of any frame must not skip the replay if it drops
@@ -189,7 +188,7 @@ async fn run_connection(
     });
     send_text(&mut socket, &ready.to_string()).await?;
     if let Some(from) = resume_from {
-        let (recovered, last) = replay(&mut socket, &mut redis, &inbox, &from).await?;
+        let (recovered, last) = Box::pin(replay(&mut socket, &mut redis, &inbox, &from)).await?;
         if recovered {
             sent_up_to = sent_up_to.max(last);
         }
@@ -215,25 +214,19 @@ async fn run_connection(
             }
             _ = heartbeat.tick() => {
                 // A revocation announced while this node was not listening is caught here.
-                if let Err(sessions::RevocationError::Revoked) = state.authenticator.revocations.check(&caller.claims).await {
+                if let Err(sessions::RevocationError::Revoked) = Box::pin(state.authenticator.revocations.check(&caller.claims)).await {
                     let close = CloseFrame { code: hub::REVOKED, reason: "token revoked".into() };
                     let _ = socket.send(Message::Close(Some(close))).await;
                     return Ok(());
                 }
                 socket.send(Message::Ping(Vec::new().into())).await?;
-                state.delivery.user_map.touch(caller.user_id, registration.connection_id).await?;
+                Box::pin(state.delivery.user_map.touch(caller.user_id, registration.connection_id)).await?;
             }
             outbound = registration.outbound.recv() => {
-                let Some(Outbound { cursor, text }) = outbound else { return Ok(()) };
-                if let Some(cursor) = cursor {
-                    if cursor <= sent_up_to {
-                        continue;
-                    }
-                    sent_up_to = cursor;
-                }
+                let Some(first) = outbound else { return Ok(()) };
                 // A client that stops reading blocks this send; the kick must still get through.
                 tokio::select! {
-                    sent = send_text(&mut socket, &text) => sent?,
+                    sent = send_queued(&mut socket, first, &mut registration.outbound, &mut sent_up_to) => sent?,
                     () = registration.kicked.cancelled() => {}
                 }
             }
@@ -250,7 +243,9 @@ async fn run_connection(
                     None => return Ok(()),
                 };
                 let reply = match frame {
-                    Message::Text(text) => frames::handle(state, caller, &text).await,
+                    // Boxed, as every rarely taken await here: a connection's task keeps the
+                    // size of its largest state while it idles, so only the small ones inline.
+                    Message::Text(text) => Box::pin(frames::handle(state, caller, &text)).await,
                     Message::Binary(_) => Some(frames::error(Value::Null, "unsupported_frame", "frames are JSON text")),
                     Message::Close(_) => return Ok(()),
                     _ => None,
@@ -261,6 +256,72 @@ async fn run_connection(
             }
         }
     }
+}
+
+/// The id of a stream's newest entry, without the entry: an inbox entry can be large (a
+/// group's `conversation.created` lists every member), and a connection must not carry one.
+static NEWEST_ID: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+local entries = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+if entries[1] then return entries[1][1] end
+return false
+",
+    )
+});
+
+/// A stream's last generated id and the newest id trimmed from it, without `XINFO`'s copies
+/// of its first and last entries; nil when there is no stream.
+static STREAM_BOUNDS: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+local info = redis.call('XINFO', 'STREAM', KEYS[1])
+local bounds = {false, false}
+for i = 1, #info, 2 do
+  if info[i] == 'last-generated-id' then bounds[1] = info[i + 1] end
+  if info[i] == 'max-deleted-entry-id' then bounds[2] = info[i + 1] end
+end
+return bounds
+",
+    )
+});
+
+/// Most frames written before one flush (one write to the socket, as far as its buffer goes).
+const FRAMES_PER_FLUSH: usize = 64;
+
+/// Sends `first` and whatever else is already queued (up to [`FRAMES_PER_FLUSH`]) with one
+/// flush, skipping event frames at or before `sent_up_to` (a resume's replay sent them).
+async fn send_queued(
+    socket: &mut WebSocket,
+    first: Outbound,
+    queue: &mut tokio::sync::mpsc::Receiver<Outbound>,
+    sent_up_to: &mut Cursor,
+) -> anyhow::Result<()> {
+    use futures::SinkExt;
+    let mut next = Some(first);
+    let mut written = 0;
+    while let Some(Outbound { cursor, text }) = next.take() {
+        let fresh = match cursor {
+            Some(cursor) if cursor <= *sent_up_to => false,
+            Some(cursor) => {
+                *sent_up_to = cursor;
+                true
+            }
+            None => true,
+        };
+        if fresh {
+            socket.feed(Message::Text(text.as_ref().into())).await?;
+            written += 1;
+        }
+        if written < FRAMES_PER_FLUSH {
+            next = queue.try_recv().ok();
+        }
+    }
+    if written > 0 {
+        socket.flush().await?;
+    }
+    Ok(())
 }
 
 /// Sends every inbox entry after `from`, in order. `(false, _)` when that cannot be done
@@ -274,24 +335,15 @@ async fn replay(
     let Some(from) = Cursor::parse(from) else {
         return Ok((false, Cursor::ZERO));
     };
-    let info: Option<std::collections::HashMap<String, redis::Value>> = redis::cmd("XINFO")
-        .arg("STREAM")
-        .arg(inbox)
-        .query_async(redis)
-        .await
-        .ok();
-    let stream_value = |name: &str| -> Option<Cursor> {
-        match info.as_ref()?.get(name)? {
-            redis::Value::BulkString(bytes) => Cursor::parse(std::str::from_utf8(bytes).ok()?),
-            redis::Value::SimpleString(text) => Cursor::parse(text),
-            _ => None,
-        }
+    let bounds: Option<Vec<Option<String>>> = STREAM_BOUNDS.key(inbox).invoke_async(redis).await?;
+    let bound = |index: usize| -> Option<Cursor> {
+        Cursor::parse(bounds.as_ref()?.get(index)?.as_deref()?)
     };
-    let Some(last_generated) = stream_value("last-generated-id") else {
+    let Some(last_generated) = bound(0) else {
         // No inbox at all: fine only for a client that has seen nothing.
         return Ok((from == Cursor::ZERO, Cursor::ZERO));
     };
-    let trimmed_past = stream_value("max-deleted-entry-id").unwrap_or(Cursor::ZERO);
+    let trimmed_past = bound(1).unwrap_or(Cursor::ZERO);
     if from < trimmed_past || from > last_generated {
         return Ok((false, Cursor::ZERO));
     }
@@ -313,9 +365,7 @@ async fn replay(
                 continue;
             };
             if let Some((_, text)) = fields.into_iter().find(|(name, _)| name == "f") {
-                let mut frame: Value = serde_json::from_str(&text)?;
-                frame["cursor"] = json!(id);
-                send_text(socket, &frame.to_string()).await?;
+                send_text(socket, &push::with_cursor(&text, &id)).await?;
             }
             after = cursor;
         }

@@ -73,14 +73,7 @@ impl projector::Handler for PushRouter {
     ) -> anyhow::Result<Vec<Push>> {
         let mut pushes = match event.aggregate_type.as_str() {
             Conversation::TYPE => {
-                let conversation_id: Uuid = event.aggregate_id.parse()?;
-                let payload: ConversationEvent =
-                    serde_json::from_value(domain::upcasting::upcast_payload(
-                        &event.aggregate_type,
-                        &event.event_type,
-                        &event.event_version,
-                        event.payload.clone(),
-                    ))?;
+                let (conversation_id, payload) = conversation_event(event)?;
                 self.route(transaction, conversation_id, payload).await?
             }
             Account::TYPE => {
@@ -107,25 +100,66 @@ impl projector::Handler for PushRouter {
         Ok(pushes)
     }
 
+    /// Runs of `MessageSent` events (the bulk of the traffic) share one members query; every
+    /// other event is routed on its own, in order. A message changes no membership, so the
+    /// members read for a run are those at each of its events.
+    async fn apply_all(
+        &self,
+        transaction: &mut Transaction<'_, Postgres>,
+        events: &[&EventMessage],
+    ) -> anyhow::Result<Vec<Push>> {
+        let is_message = |event: &EventMessage| {
+            event.aggregate_type == Conversation::TYPE && event.event_type == "MessageSent"
+        };
+        let mut pushes = Vec::new();
+        let mut rest = events;
+        while let Some(first) = rest.first() {
+            if !is_message(first) {
+                pushes.extend(self.apply(transaction, first).await?);
+                rest = &rest[1..];
+                continue;
+            }
+            let length = rest
+                .iter()
+                .position(|event| !is_message(event))
+                .unwrap_or(rest.len());
+            let (run, after) = rest.split_at(length);
+            pushes.extend(self.route_messages(transaction, run).await?);
+            rest = after;
+        }
+        Ok(pushes)
+    }
+
     async fn before_commit(&self, pushes: Vec<Push>) -> anyhow::Result<()> {
         let pushes = self.not_yet_pushed(pushes).await?;
         if pushes.is_empty() {
             return Ok(());
         }
         // Every frame goes into each recipient's inbox first (one pipeline for the batch);
-        // the stream id it gets is the cursor the frame carries.
+        // the stream id it gets is the cursor the frame carries. A frame is serialised once
+        // per push (twice when the sender, who sees its `status`, is among the recipients);
+        // each recipient's copy only has its cursor spliced in.
         let mut pipeline = redis::pipe();
-        let mut frames = Vec::new();
+        let mut frames: Vec<(Uuid, Arc<str>)> = Vec::new();
         for push in &pushes {
-            for recipient in &push.recipients {
-                let mut frame = push.frame.clone();
-                if push.sender_id == Some(*recipient)
-                    && let Some(data) = frame.get_mut("data")
-                    && data.get("kind").is_some_and(|kind| kind != "system")
-                {
+            let text: Arc<str> = Arc::from(push.frame.to_string());
+            let sender_text = push
+                .sender_id
+                .filter(|sender| push.recipients.contains(sender))
+                .and_then(|_| {
+                    let mut frame = push.frame.clone();
+                    let data = frame.get_mut("data")?;
+                    if data.get("kind").is_none_or(|kind| kind == "system") {
+                        return None;
+                    }
                     data["status"] = json!("sent");
-                }
-                let text = frame.to_string();
+                    Some(Arc::<str>::from(frame.to_string()))
+                });
+            for recipient in &push.recipients {
+                let text = match &sender_text {
+                    Some(sender_text) if push.sender_id == Some(*recipient) => sender_text,
+                    _ => &text,
+                };
                 pipeline
                     .cmd("XADD")
                     .arg(inbox_key(&self.namespace, *recipient))
@@ -134,8 +168,8 @@ impl projector::Handler for PushRouter {
                     .arg(INBOX_LENGTH)
                     .arg("*")
                     .arg("f")
-                    .arg(&text);
-                frames.push((*recipient, frame));
+                    .arg(text.as_bytes());
+                frames.push((*recipient, text.clone()));
             }
         }
         // Recorded with the frames, in the same pipeline: what is in an inbox is marked pushed.
@@ -157,13 +191,10 @@ impl projector::Handler for PushRouter {
         let addressed = frames
             .into_iter()
             .zip(ids)
-            .map(|((user_id, mut frame), id)| {
-                frame["cursor"] = json!(id);
-                Addressed {
-                    user_id,
-                    cursor: Some(id),
-                    text: frame.to_string(),
-                }
+            .map(|((user_id, frame), id)| Addressed {
+                user_id,
+                text: with_cursor(&frame, &id).into(),
+                cursor: Some(id),
             })
             .collect();
         self.delivery.deliver(addressed).await
@@ -290,6 +321,67 @@ impl PushRouter {
             stream: String::new(),
             sequence: 0,
         }])
+    }
+
+    /// `MessageSent` events, with the members of all their conversations read in one query.
+    async fn route_messages(
+        &self,
+        transaction: &mut Transaction<'_, Postgres>,
+        run: &[&EventMessage],
+    ) -> anyhow::Result<Vec<Push>> {
+        let mut sent = Vec::with_capacity(run.len());
+        for event in run {
+            let (conversation_id, payload) = conversation_event(event)?;
+            sent.push((conversation_id, payload, *event));
+        }
+        let mut conversations: Vec<Uuid> = sent.iter().map(|(id, _, _)| *id).collect();
+        conversations.sort_unstable();
+        conversations.dedup();
+        let rows: Vec<(Uuid, Uuid)> = sqlx::query_as(
+            "SELECT conversation_id, user_id FROM push_members
+              WHERE conversation_id = ANY($1) ORDER BY conversation_id, user_id",
+        )
+        .bind(&conversations)
+        .fetch_all(&mut **transaction)
+        .await?;
+        let mut members: HashMap<Uuid, Vec<Uuid>> = HashMap::with_capacity(conversations.len());
+        for (conversation_id, user_id) in rows {
+            members.entry(conversation_id).or_default().push(user_id);
+        }
+        let mut pushes = Vec::with_capacity(sent.len());
+        for (conversation_id, payload, event) in sent {
+            let recipients = members.get(&conversation_id).cloned().unwrap_or_default();
+            if recipients.is_empty() {
+                continue;
+            }
+            let mut push = self.message_push(conversation_id, &payload, recipients)?;
+            push.stream = format!("{}:{}", event.aggregate_type, event.aggregate_id);
+            push.sequence = event.sequence;
+            pushes.push(push);
+        }
+        Ok(pushes)
+    }
+
+    /// The `message.created` push of a `MessageSent` event.
+    fn message_push(
+        &self,
+        conversation_id: Uuid,
+        sent: &ConversationEvent,
+        recipients: Vec<Uuid>,
+    ) -> anyhow::Result<Push> {
+        let ConversationEvent::MessageSent { seq, sender_id, .. } = sent else {
+            anyhow::bail!("a message push for an event that sends no message");
+        };
+        let message = Message::sent(conversation_id, sent, &self.links)
+            .ok_or_else(|| anyhow::anyhow!("MessageSent without a message"))?;
+        let frame = json!({"type": "event", "event": "message.created", "conversation_id": conversation_id, "seq": seq, "data": serde_json::to_value(message)?});
+        Ok(Push {
+            recipients,
+            frame,
+            sender_id: Some(sender_id.as_uuid()),
+            stream: String::new(),
+            sequence: 0,
+        })
     }
 
     async fn members(
@@ -482,17 +574,9 @@ impl PushRouter {
                     push(after, frame("message.created", Some(seq), system)),
                 ]
             }
-            sent @ ConversationEvent::MessageSent { seq, sender_id, .. } => {
+            sent @ ConversationEvent::MessageSent { .. } => {
                 let members = Self::members(transaction, conversation_id).await?;
-                let message = Message::sent(conversation_id, &sent, &self.links)
-                    .ok_or_else(|| anyhow::anyhow!("MessageSent without a message"))?;
-                vec![Push {
-                    recipients: members,
-                    frame: frame("message.created", Some(seq), serde_json::to_value(message)?),
-                    sender_id: Some(sender_id.as_uuid()),
-                    stream: String::new(),
-                    sequence: 0,
-                }]
+                vec![self.message_push(conversation_id, &sent, members)?]
             }
             ConversationEvent::MessageEdited {
                 message_id,
@@ -557,6 +641,44 @@ impl PushRouter {
     }
 }
 
+/// `frame` (a serialised JSON object) with `"cursor": cursor` added as its last member.
+/// Cursors are Redis stream ids (`digits-digits`), which need no escaping.
+pub fn with_cursor(frame: &str, cursor: &str) -> String {
+    debug_assert!(
+        frame.ends_with('}')
+            && cursor
+                .bytes()
+                .all(|byte| byte.is_ascii_digit() || byte == b'-')
+    );
+    let body = frame.trim_end().strip_suffix('}').unwrap_or(frame);
+    let separator = if body.trim_end().ends_with('{') {
+        ""
+    } else {
+        ","
+    };
+    let mut text = String::with_capacity(body.len() + cursor.len() + 14);
+    text.push_str(body);
+    text.push_str(separator);
+    text.push_str("\"cursor\":\"");
+    text.push_str(cursor);
+    text.push_str("\"}");
+    text
+}
+
+/// A conversation event off the wire, upcast to its current shape, with its conversation.
+fn conversation_event(event: &EventMessage) -> anyhow::Result<(Uuid, ConversationEvent)> {
+    let payload = domain::upcasting::upcast_payload(
+        &event.aggregate_type,
+        &event.event_type,
+        &event.event_version,
+        event.payload.clone(),
+    );
+    Ok((
+        event.aggregate_id.parse()?,
+        serde_json::from_value(payload)?,
+    ))
+}
+
 fn system_message(
     conversation_id: Uuid,
     seq: i64,
@@ -582,4 +704,24 @@ async fn original_message(
         anyhow::anyhow!("message {message_id} is not indexed to a MessageSent event")
     })?;
     Ok(serde_json::to_value(message)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_cursor;
+    use serde_json::{Value, json};
+
+    #[test]
+    fn the_cursor_is_spliced_into_the_serialised_frame() {
+        let frame = json!({"type": "event", "event": "message.created", "data": {"body": "}\"{"}});
+        let text = with_cursor(&frame.to_string(), "1732000000000-7");
+        let parsed: Value =
+            serde_json::from_str(&text).unwrap_or_else(|error| panic!("{error}: {text}"));
+        let mut expected = frame;
+        expected["cursor"] = json!("1732000000000-7");
+        assert_eq!(parsed, expected);
+        let empty: Value = serde_json::from_str(&with_cursor("{}", "0-1"))
+            .unwrap_or_else(|error| panic!("{error}"));
+        assert_eq!(empty, json!({"cursor": "0-1"}));
+    }
 }

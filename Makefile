@@ -1,4 +1,4 @@
-.PHONY: run test bench bench-relay bench-upload
+.PHONY: run test bench bench-idle bench-relay bench-upload
 
 # Sets up Postgres, Redis and RabbitMQ if missing, then runs `chatd serve` on 127.0.0.1:8080.
 run:
@@ -11,6 +11,10 @@ test:
 # The standard load runs with loadgen against chatd serve; writes docs/benchmarks-loadgen.md.
 bench:
 	./scripts/bench.sh
+
+# Idle connections over six socket-push processes (CONNECTIONS=19000 NODES=1 for one process).
+bench-idle:
+	./scripts/bench-idle-fleet.sh
 
 # Outbox relay throughput: events/s from the outbox to the broker's confirm.
 bench-relay:

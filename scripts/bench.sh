@@ -6,6 +6,8 @@
 #
 #   scripts/bench.sh            # the standard set
 #   BENCH_QUICK=1 scripts/bench.sh   # a short smoke run of the same set
+#   BENCH_RUN='name|direct --pairs 500 --rate 2000 --seconds 10' scripts/bench.sh
+#                               # one run of your own, reported in target/bench/adhoc.md
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/services.sh
@@ -25,14 +27,8 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); pr
 url="http://127.0.0.1:$port"
 media_dir=$(mktemp -d)
 
-export DATABASE_URL="postgres://postgres@127.0.0.1:5432/$database"
-export CHAT_NAMESPACE="$namespace"
+export_run_settings "$database" "$namespace" "$media_dir"
 export CHAT_BIND="127.0.0.1:$port"
-export CHAT_JWT_SECRET="bench-secret-bench-secret-bench-secret!"
-export CHAT_MEDIA_STORE="$media_dir"
-# The load is the point: per-user send limits and login limits out of the way.
-export CHAT_SENDS_PER_10_SECONDS=1000000
-export CHAT_PASSWORD_HASH_CONCURRENCY=2
 export CHAT_WS_OUTBOUND_QUEUE=65536
 export RUST_LOG=warn
 
@@ -41,20 +37,8 @@ chatd_pid=$!
 cleanup() {
   kill "$chatd_pid" 2>/dev/null || true
   wait "$chatd_pid" 2>/dev/null || true
-  psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS \"$database\" WITH (FORCE)" >/dev/null 2>&1 || true
   rm -rf "$media_dir"
-  if command -v redis-cli >/dev/null; then
-    redis-cli --scan --pattern "$namespace:*" | xargs -r -n 500 redis-cli del >/dev/null 2>&1 || true
-  fi
-  # The run's broker objects: its durable queues would otherwise keep their messages.
-  if command -v rabbitmqctl >/dev/null; then
-    { rabbitmqctl -q list_queues name 2>/dev/null || true; } | { grep -E "^$namespace\." || true; } |
-      while read -r queue; do rabbitmqctl -q delete_queue "$queue" >/dev/null 2>&1 || true; done
-    { rabbitmqctl -q list_exchanges name 2>/dev/null || true; } | { grep -E "^$namespace\." || true; } |
-      while read -r exchange; do
-        rabbitmqctl -q eval "rabbit_exchange:delete(rabbit_misc:r(<<\"/\">>, exchange, <<\"$exchange\">>), false, <<\"bench\">>)." >/dev/null 2>&1 || true
-      done
-  fi
+  remove_run_state "$database" "$namespace"
 }
 trap cleanup EXIT
 for _ in $(seq 1 60); do curl -fs "$url/readyz" >/dev/null && break; sleep 1; done
@@ -66,11 +50,17 @@ runs=(
   "group-100x10|group --groups 10 --members 100 --rate 200 --seconds $seconds --transport ws"
   "group-1000x1|group --groups 1 --members 1000 --rate 20 --seconds $seconds --transport ws"
   "reconnect-500|direct --pairs 100 --rate 500 --seconds $seconds --transport rest --reconnect-every-ms 300"
+  # Seeds the log, then rebuilds every read model from it and switches (`chatd replay`).
+  "rebuild-50000|rebuild --events 50000 --chatd ./target/release/chatd --database-url $DATABASE_URL"
   # Last of the traffic runs: it overloads the server, whose backlog would slow the next run.
   "direct-ws-5000|direct --pairs 500 --rate 5000 --seconds $seconds --transport ws"
   "idle-15000|idle --connections 15000 --users 100 --source-addresses 127.0.0.1,127.0.0.2,127.0.0.3,127.0.0.4 --server-pid $chatd_pid --hold-seconds $seconds"
 )
 report=docs/benchmarks-loadgen.md
+if [ -n "${BENCH_RUN:-}" ]; then
+  runs=("$BENCH_RUN")
+  report=target/bench/adhoc.md
+fi
 {
   echo "# Load-generator runs (\`make bench\`)"
   echo

@@ -88,3 +88,35 @@ ensure_s3_server() {
   pip3 install -q 'moto[server]==5.2.1' >/dev/null 2>&1 ||
     pip3 install -q --break-system-packages 'moto[server]==5.2.1' >/dev/null
 }
+
+# remove_run_state DATABASE NAMESPACE: drops a benchmark run's database, its Redis keys
+# (`NAMESPACE:*`) and its broker queues and exchanges (`NAMESPACE.*`), whose durable queues
+# would otherwise keep their messages. rabbitmqctl reads stdin: without </dev/null the first
+# call in a loop would eat the rest of the list.
+remove_run_state() {
+  local database=$1 namespace=$2
+  psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS \"$database\" WITH (FORCE)" >/dev/null 2>&1 || true
+  if command -v redis-cli >/dev/null; then
+    redis-cli --scan --pattern "$namespace:*" | xargs -r -n 500 redis-cli del >/dev/null 2>&1 || true
+  fi
+  if command -v rabbitmqctl >/dev/null; then
+    { rabbitmqctl -q list_queues name </dev/null 2>/dev/null || true; } | { grep -E "^$namespace\." || true; } |
+      while read -r queue; do rabbitmqctl -q delete_queue "$queue" </dev/null >/dev/null 2>&1 || true; done
+    { rabbitmqctl -q list_exchanges name </dev/null 2>/dev/null || true; } | { grep -E "^$namespace\." || true; } |
+      while read -r exchange; do
+        rabbitmqctl -q eval "rabbit_exchange:delete(rabbit_misc:r(<<\"/\">>, exchange, <<\"$exchange\">>), false, <<\"bench\">>)." </dev/null >/dev/null 2>&1 || true
+      done
+  fi
+}
+
+# export_run_settings DATABASE NAMESPACE MEDIA_DIR: the settings every benchmark run of chatd
+# shares: its scratch database, namespace and media directory, a fixed JWT secret, and the
+# per-user send limit out of the way (the load is the point).
+export_run_settings() {
+  export DATABASE_URL="postgres://postgres@127.0.0.1:5432/$1"
+  export CHAT_NAMESPACE="$2"
+  export CHAT_MEDIA_STORE="$3"
+  export CHAT_JWT_SECRET="bench-secret-bench-secret-bench-secret!"
+  export CHAT_SENDS_PER_10_SECONDS=1000000
+  export CHAT_PASSWORD_HASH_CONCURRENCY=2
+}

@@ -23,7 +23,7 @@ if command -v rabbitmqctl >/dev/null; then
   now_ms=$(( $(date +%s) * 1000 ))
   { rabbitmqctl -q list_queues name 2>/dev/null || true; } | { grep -E '^test_[0-9a-f]{32}\.' || true; } | while read -r queue; do
     created_ms=$(( 16#${queue:5:12} ))
-    if [ $(( now_ms - created_ms )) -gt 3600000 ]; then rabbitmqctl -q delete_queue "$queue" >/dev/null 2>&1 || true; fi
+    if [ $(( now_ms - created_ms )) -gt 3600000 ]; then rabbitmqctl -q delete_queue "$queue" </dev/null >/dev/null 2>&1 || true; fi
   done
 fi
 

@@ -1,6 +1,6 @@
 //! `loadgen`: real clients for `chatd`, over its public REST and WebSocket API only.
 //!
-//! Scenarios (this increment: `direct`, `group` and `idle`):
+//! Scenarios (this increment: `direct`, `group`, `idle` and `rebuild`):
 //!
 //! - `direct`: P direct pairs, both members online over WebSocket; messages sent at a target
 //!   rate R, open loop (each send is due at its own time, whatever the server does, and its
@@ -13,18 +13,25 @@
 //!   duplicated.
 //! - `idle`: C quiet connections over several source addresses; the server's memory per
 //!   connection and idle CPU, then one broadcast to all of them.
+//! - `rebuild`: N messages seeded over REST into K groups, then `chatd replay` (every read
+//!   model rebuilt from the event log and switched in) timed as a subprocess, in events/s
+//!   against the 100,000 events/s target; afterwards every group's history must still hold
+//!   each seeded message once, in `seq` order.
 //!
-//! Each run measures send → recipient-receive latency (HdrHistogram: p50, p90, p99, p99.9,
-//! max), the achieved rates, errors, and checks every recipient's `seq`s per conversation for
-//! lost, duplicated and out-of-order messages. It prints a table and writes JSON. Every loop is
-//! bounded in count and time, and traffic goes to the given URL only (loopback in the
-//! benchmarks).
+//! Each traffic run (`direct`, `group`, `reconnect`) measures send → recipient-receive
+//! latency (HdrHistogram: p50, p90, p99, p99.9, max), the achieved rates, errors, and checks
+//! every recipient's `seq`s per conversation for lost, duplicated and out-of-order messages.
+//! Every scenario prints a table and writes JSON. Every loop is bounded in count and time, and
+//! traffic goes to the given URL only (loopback in the benchmarks); `rebuild` also runs
+//! `chatd replay` on the database it is given, which must be that server's.
 //!
 //! - `setup`: accounts, conversations and sockets.
 //! - `run`: the open-loop sender and the receivers.
 //! - `report`: the figures, as a table and as JSON.
+//! - `idle` and `rebuild`: those scenarios, each with its own figures.
 
 mod idle;
+mod rebuild;
 mod report;
 mod run;
 mod setup;
@@ -52,6 +59,8 @@ struct Cli {
 enum Scenario {
     /// Many quiet connections: server memory per connection, idle CPU, and one broadcast.
     Idle(idle::Idle),
+    /// Seeds N messages, then times `chatd replay` and checks the histories after the switch.
+    Rebuild(rebuild::Rebuild),
     /// Direct pairs, everyone online.
     Direct {
         /// Direct conversations (two users each).
@@ -71,6 +80,9 @@ enum Scenario {
         #[command(flatten)]
         load: Load,
     },
+    /// A helper process of `idle --processes N` (reads its share on stdin).
+    #[command(hide = true)]
+    IdleWorker,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -134,6 +146,9 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn execute(cli: Cli) -> anyhow::Result<()> {
+    if let Scenario::IdleWorker = &cli.scenario {
+        return idle::worker().await;
+    }
     let api = setup::Api::new(&cli.url)?;
     if let Scenario::Idle(idle) = &cli.scenario {
         let result = idle::run(&api, idle).await?;
@@ -143,7 +158,17 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    if let Scenario::Rebuild(rebuild) = &cli.scenario {
+        let result = rebuild::run(&api, rebuild).await?;
+        println!("{}", result.table());
+        if let Some(path) = &cli.json {
+            std::fs::write(path, serde_json::to_vec_pretty(&result)?)?;
+            eprintln!("loadgen: wrote {}", path.display());
+        }
+        return Ok(());
+    }
     let (name, load, world) = match &cli.scenario {
+        Scenario::IdleWorker => unreachable!("handled above"),
         Scenario::Direct { pairs, load } => (
             "direct",
             load.clone(),
@@ -158,7 +183,7 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
             load.clone(),
             setup::groups(&api, *groups, *members, load.setup_concurrency).await?,
         ),
-        Scenario::Idle(_) => unreachable!("handled above"),
+        Scenario::Idle(_) | Scenario::Rebuild(_) => unreachable!("handled above"),
     };
     if load.reconnect_every().is_some() && load.transport == Transport::Ws {
         anyhow::bail!("--reconnect-every-ms needs --transport rest (the sockets come and go)");

@@ -41,26 +41,49 @@ impl Api {
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
-        let response = request
-            .send()
-            .await
-            .with_context(|| format!("POST {path}"))?;
-        let status = response.status();
-        let body: Value = response.json().await.unwrap_or(Value::Null);
-        if !status.is_success() {
-            bail!("POST {path}: {status} {body}");
-        }
-        Ok(body)
+        checked(request, "POST", path).await
+    }
+
+    /// GETs `path` with the caller's token; a non-2xx answer is an error with its body.
+    pub async fn get(&self, path: &str, token: &str) -> anyhow::Result<Value> {
+        let request = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(token);
+        checked(request, "GET", path).await
     }
 
     pub fn ws_url(&self) -> String {
-        format!(
-            "{}/api/v1/ws",
-            self.base
-                .replacen("http://", "ws://", 1)
-                .replacen("https://", "wss://", 1)
-        )
+        ws_url(&self.base)
     }
+}
+
+/// Sends `request` and returns its JSON body; a non-2xx answer is an error with its body.
+async fn checked(
+    request: reqwest::RequestBuilder,
+    method: &str,
+    path: &str,
+) -> anyhow::Result<Value> {
+    let response = request
+        .send()
+        .await
+        .with_context(|| format!("{method} {path}"))?;
+    let status = response.status();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    if !status.is_success() {
+        bail!("{method} {path}: {status} {body}");
+    }
+    Ok(body)
+}
+
+/// The WebSocket endpoint of the chatd whose base URL is `base` (`http://host:port`).
+pub fn ws_url(base: &str) -> String {
+    format!(
+        "{}/api/v1/ws",
+        base.trim_end_matches('/')
+            .replacen("http://", "ws://", 1)
+            .replacen("https://", "wss://", 1)
+    )
 }
 
 pub struct User {
@@ -85,7 +108,7 @@ pub struct World {
 }
 
 /// Registers `count` users, `concurrency` at a time (password hashing is the slow part).
-async fn register(api: &Api, count: usize, concurrency: usize) -> anyhow::Result<Vec<User>> {
+pub async fn register(api: &Api, count: usize, concurrency: usize) -> anyhow::Result<Vec<User>> {
     let run = Uuid::now_v7().simple().to_string();
     let suffix = &run[run.len() - 10..];
     let users: Vec<User> = futures::stream::iter(0..count)
@@ -195,6 +218,16 @@ pub async fn direct(api: &Api, pairs: usize, concurrency: usize) -> anyhow::Resu
         .buffered(concurrency.max(1) * 4)
         .try_collect()
         .await?;
+    online(api, users, conversations, concurrency).await
+}
+
+/// The world with every user's socket open.
+async fn online(
+    api: &Api,
+    users: Vec<User>,
+    conversations: Vec<Conversation>,
+    concurrency: usize,
+) -> anyhow::Result<World> {
     let (sockets, cursors) = connect_all(api, &users, concurrency).await?;
     Ok(World {
         users,
@@ -211,6 +244,18 @@ pub async fn groups(
     members: usize,
     concurrency: usize,
 ) -> anyhow::Result<World> {
+    let (users, conversations) = offline_groups(api, groups, members, concurrency).await?;
+    online(api, users, conversations, concurrency).await
+}
+
+/// `groups` groups of `members` fresh users each (at most 1,000, the server's limit), nobody
+/// online yet.
+pub async fn offline_groups(
+    api: &Api,
+    groups: usize,
+    members: usize,
+    concurrency: usize,
+) -> anyhow::Result<(Vec<User>, Vec<Conversation>)> {
     let members = members.clamp(2, 1000);
     let users = register(api, groups * members, concurrency).await?;
     let mut conversations = Vec::with_capacity(groups);
@@ -230,11 +275,5 @@ pub async fn groups(
             members: indexes,
         });
     }
-    let (sockets, cursors) = connect_all(api, &users, concurrency).await?;
-    Ok(World {
-        users,
-        conversations,
-        sockets: std::sync::Mutex::new(sockets),
-        cursors,
-    })
+    Ok((users, conversations))
 }

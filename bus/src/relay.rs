@@ -89,11 +89,15 @@ impl OutboxRelay {
             return Ok(Processed::Idle);
         };
         let rows: Vec<(i64, sqlx::types::Json<EventMessage>)> = sqlx::query_as(
-            "SELECT id, json_build_object(
-                        'aggregate_type', aggregate_type, 'aggregate_id', aggregate_id,
-                        'sequence', sequence, 'event_type', event_type,
-                        'event_version', event_version, 'payload', payload, 'metadata', metadata)
-               FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT $1",
+            "SELECT o.id, json_build_object(
+                        'aggregate_type', e.aggregate_type, 'aggregate_id', e.aggregate_id,
+                        'sequence', e.sequence, 'event_type', e.event_type,
+                        'event_version', e.event_version, 'payload', e.payload,
+                        'metadata', e.metadata)
+               FROM (SELECT id, aggregate_type, aggregate_id, sequence FROM outbox
+                      WHERE published_at IS NULL ORDER BY id LIMIT $1) o
+               JOIN events e USING (aggregate_type, aggregate_id, sequence)
+              ORDER BY o.id",
         )
         .bind(self.options.batch_size)
         .fetch_all(&mut links.database)

@@ -1,16 +1,21 @@
 //! Running commands: load the aggregate, let it decide, commit its events with metadata.
 //!
-//! We drive cqrs-es's `EventStore` directly instead of `CqrsFramework::execute`, because the
+//! We drive the aggregate ourselves instead of through `CqrsFramework::execute`, because the
 //! caller needs what was committed (the new stream position for the consistency token, and
-//! the aggregate state to answer with) and `execute` returns nothing. Queries are not run
-//! in-process: the outbox and the projector do that job durably.
+//! the aggregate state to answer with) and `execute` returns nothing. cqrs-es's
+//! `PersistedEventStore` loads aggregates (snapshot, events after it, upcasters); events are
+//! written in postgres-es's table layout by the group commit ([`crate::group_commit`]), which
+//! puts the events of concurrent commands in one transaction. Queries are not run in-process:
+//! the outbox and the projector do that job durably.
 
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::persist::{EventStoreAggregateContext, PersistedEventStore};
-use cqrs_es::{Aggregate, AggregateError, EventStore};
+use cqrs_es::{Aggregate, AggregateError, DomainEvent, EventStore};
 use domain::metadata::EventMetadata;
 use postgres_es::PostgresEventRepository;
 use sqlx::PgPool;
+
+use crate::group_commit::{Append, AppendError, EventRow, GroupCommit, SnapshotRow};
 
 /// How often a command is decided again after losing an optimistic-concurrency race.
 const CONFLICT_RETRIES: usize = 20;
@@ -59,12 +64,15 @@ pub struct AggregateStore<A: Aggregate> {
     locks: Vec<tokio::sync::Mutex<()>>,
     /// For the check that a cached aggregate is still the newest.
     pool: PgPool,
+    /// Commits the events of concurrent commands together (ADR 0017).
+    writer: GroupCommit,
     /// Snapshot every this many events (`None`: no snapshots), as the store does.
     snapshot_every: Option<usize>,
-    /// Each stream's state after the last command this store committed to it. Used only after
-    /// checking that the stream has not grown since (another node, or another store), so a
-    /// command is always decided on the newest state; it saves reading and folding the
-    /// snapshot and the events after it.
+    /// Each stream's state after the last command this store committed to it; it saves reading
+    /// and folding the snapshot and the events after it. A command decided on a stale entry
+    /// (another node or store wrote since) cannot commit: its first event's position is taken,
+    /// so it is decided again on the state read from the log. A refusal, or a command that
+    /// emits nothing, is checked against the stream's last sequence before it is believed.
     cache: std::sync::Mutex<std::collections::HashMap<String, Cached<A>>>,
 }
 
@@ -111,46 +119,59 @@ where
             locks: (0..STREAM_LOCKS)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
+            writer: GroupCommit::new(pool.clone()),
             pool,
             snapshot_every,
             cache: std::sync::Mutex::new(std::collections::HashMap::new()),
         }
     }
 
-    /// The stream's context for a command: the cached state if the stream's last sequence is
-    /// still the cached one (one index lookup), otherwise loaded from the store. The entry
-    /// leaves the cache either way; only a committed command puts it back.
+    /// The stream's context for a command: the cached state (`true`) if there is one,
+    /// otherwise loaded from the store. The entry leaves the cache either way; only a
+    /// committed command puts it back.
     async fn context(
         &self,
         aggregate_id: &str,
-    ) -> Result<EventStoreAggregateContext<A>, Attempt<A::Error>> {
+    ) -> Result<(EventStoreAggregateContext<A>, bool), Attempt<A::Error>> {
         let cached = self
             .cache
             .lock()
             .ok()
             .and_then(|mut cache| cache.remove(aggregate_id));
         if let Some(cached) = cached {
-            let last: Option<i64> = sqlx::query_scalar(
-                "SELECT max(sequence) FROM events WHERE aggregate_type = $1 AND aggregate_id = $2",
-            )
-            .bind(A::TYPE)
-            .bind(aggregate_id)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(|error| Attempt::Failed(ExecuteError::Store(error.to_string())))?;
-            if last.and_then(|last| usize::try_from(last).ok()) == Some(cached.sequence) {
-                return Ok(EventStoreAggregateContext {
+            return Ok((
+                EventStoreAggregateContext {
                     aggregate_id: aggregate_id.to_owned(),
                     aggregate: cached.aggregate,
                     current_sequence: cached.sequence,
                     current_snapshot: cached.snapshot,
-                });
-            }
+                },
+                true,
+            ));
         }
-        self.store
+        let context = self
+            .store
             .load_aggregate(aggregate_id)
             .await
-            .map_err(Attempt::from_aggregate_error)
+            .map_err(Attempt::from_aggregate_error)?;
+        Ok((context, false))
+    }
+
+    /// Whether the stream's last sequence is still `sequence` (one index lookup).
+    async fn is_current(
+        &self,
+        aggregate_id: &str,
+        sequence: usize,
+    ) -> Result<bool, Attempt<A::Error>> {
+        let last: Option<i64> = sqlx::query_scalar(
+            "SELECT max(sequence) FROM events WHERE aggregate_type = $1 AND aggregate_id = $2",
+        )
+        .bind(A::TYPE)
+        .bind(aggregate_id)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|error| Attempt::Failed(ExecuteError::Store(error.to_string())))?;
+        Ok(last.unwrap_or(0) == i64::try_from(sequence).unwrap_or(i64::MAX))
     }
 
     /// Keeps `aggregate` as the state at `sequence` (snapshot version `snapshot`).
@@ -171,14 +192,15 @@ where
     /// computes it: a new version whenever the commit crosses a multiple of `every`.
     fn snapshot_after(
         &self,
-        context: &EventStoreAggregateContext<A>,
+        current_snapshot: Option<usize>,
+        sequence_before: usize,
         events: usize,
     ) -> Option<usize> {
         match self.snapshot_every {
-            Some(every) if events >= every - context.current_sequence % every => {
-                Some(context.current_snapshot.map_or(1, |version| version + 1))
+            Some(every) if events > 0 && events >= every - sequence_before % every => {
+                Some(current_snapshot.map_or(1, |version| version + 1))
             }
-            _ => context.current_snapshot,
+            _ => current_snapshot,
         }
     }
 
@@ -228,38 +250,103 @@ where
         services: &A::Services,
         metadata: &EventMetadata,
     ) -> Result<Committed<A>, Attempt<A::Error>> {
-        let mut context = self.context(aggregate_id).await?;
+        let (mut context, cached) = self.context(aggregate_id).await?;
         let sequence_before = context.current_sequence;
         let sink: EventSink<A> = EventSink::default();
-        context
-            .aggregate
-            .handle(command, services, &sink)
-            .await
-            .map_err(|error| Attempt::Failed(ExecuteError::Domain(error)))?;
+        let decided = context.aggregate.handle(command, services, &sink).await;
         let events = sink.collect().await;
-        let aggregate = context.aggregate.clone();
+        // A refusal, or nothing to do, on a cached state counts only if that state is current.
+        if cached
+            && (decided.is_err() || events.is_empty())
+            && !self.is_current(aggregate_id, sequence_before).await?
+        {
+            return Err(Attempt::Conflict);
+        }
+        decided.map_err(|error| Attempt::Failed(ExecuteError::Domain(error)))?;
+        // The sink applied each event to the aggregate as it was written.
+        let aggregate = context.aggregate;
+        let sequence = sequence_before + events.len();
         let position = StreamPosition {
             aggregate_type: A::TYPE.to_owned(),
             aggregate_id: aggregate_id.to_owned(),
-            sequence: i64::try_from(sequence_before + events.len()).unwrap_or(i64::MAX),
+            sequence: i64::try_from(sequence).unwrap_or(i64::MAX),
         };
-        let snapshot = self.snapshot_after(&context, events.len());
-        let remembered = Cached {
-            aggregate: aggregate.clone(),
-            sequence: sequence_before + events.len(),
-            snapshot,
-        };
+        let snapshot = self.snapshot_after(context.current_snapshot, sequence_before, events.len());
         if !events.is_empty() {
-            self.store
-                .commit(events.clone(), context, metadata.to_map())
+            let append = self.append(
+                aggregate_id,
+                &aggregate,
+                sequence_before,
+                &events,
+                metadata,
+                (snapshot != context.current_snapshot)
+                    .then_some(snapshot)
+                    .flatten(),
+            )?;
+            self.writer
+                .append(append)
                 .await
-                .map_err(Attempt::from_aggregate_error)?;
+                .map_err(|error| match error {
+                    AppendError::Conflict => Attempt::Conflict,
+                    AppendError::Failed(error) => Attempt::Failed(ExecuteError::Store(error)),
+                })?;
         }
-        self.remember(aggregate_id, remembered);
+        self.remember(
+            aggregate_id,
+            Cached {
+                aggregate: aggregate.clone(),
+                sequence,
+                snapshot,
+            },
+        );
         Ok(Committed {
             aggregate,
             events,
             position,
+        })
+    }
+
+    /// The rows for `events` committed after `sequence_before`, with the aggregate's snapshot
+    /// (as it stands after all of them) when `snapshot` names a new version.
+    fn append(
+        &self,
+        aggregate_id: &str,
+        aggregate: &A,
+        sequence_before: usize,
+        events: &[A::Event],
+        metadata: &EventMetadata,
+        snapshot: Option<usize>,
+    ) -> Result<Append, Attempt<A::Error>> {
+        let store_error = |error: String| Attempt::Failed(ExecuteError::Store(error));
+        let metadata = serde_json::to_value(metadata.to_map())
+            .map_err(|error| store_error(error.to_string()))?;
+        let mut rows = Vec::with_capacity(events.len());
+        for (event, sequence) in events.iter().zip(sequence_before + 1..) {
+            rows.push(EventRow {
+                sequence: i64::try_from(sequence)
+                    .map_err(|error| store_error(error.to_string()))?,
+                event_type: event.event_type(),
+                event_version: event.event_version(),
+                payload: serde_json::to_value(event)
+                    .map_err(|error| store_error(error.to_string()))?,
+                metadata: metadata.clone(),
+            });
+        }
+        let snapshot = match snapshot {
+            Some(version) => Some(SnapshotRow {
+                payload: serde_json::to_value(aggregate)
+                    .map_err(|error| store_error(error.to_string()))?,
+                last_sequence: i64::try_from(sequence_before + events.len())
+                    .map_err(|error| store_error(error.to_string()))?,
+                version: i64::try_from(version).map_err(|error| store_error(error.to_string()))?,
+            }),
+            None => None,
+        };
+        Ok(Append {
+            aggregate_type: A::TYPE,
+            aggregate_id: aggregate_id.to_owned(),
+            events: rows,
+            snapshot,
         })
     }
 

@@ -4,9 +4,11 @@
 //!   `migrations/`, embedded in the binary.
 //! - [`event_store`]: runs a command against an aggregate through cqrs-es and postgres-es and
 //!   returns what it committed (the stream position feeds the consistency token).
+//! - [`group_commit`]: the writers that commit concurrent commands' events together.
 //! - [`projection`]: how far the read models have got: positions and lag.
 
 pub mod event_store;
+pub mod group_commit;
 pub mod projection;
 
 use anyhow::Context;

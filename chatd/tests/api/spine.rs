@@ -531,3 +531,197 @@ async fn a_store_decides_on_the_newest_state_when_another_wrote_since_it_cached(
     assert_eq!(loaded.last_seq, expected_seq + 3);
     assert!(loaded.members.contains_key(&bob));
 }
+
+#[tokio::test]
+async fn concurrent_commands_share_commits_and_a_lost_race_fails_only_itself() {
+    use domain::conversation::{
+        Conversation, ConversationCommand, ConversationKind, ConversationServices, MessageBody,
+    };
+    use domain::metadata::EventMetadata;
+    use domain::{ConversationId, MessageId, UserId};
+    use std::sync::Arc;
+    use store::AggregateStore;
+
+    let app = spawn_app_with(fresh_settings(), HTTP_ONLY).await;
+    let services = ConversationServices {
+        messages: Arc::new(command_api::conversations::IndexedMessages {
+            pool: app.pool.clone(),
+        }),
+    };
+    // Two stores stand for two nodes: each caches what it wrote, so on a stream the other
+    // wrote since, its next command loses the race on the primary key, inside a batch of
+    // others that must commit regardless.
+    let stores = [
+        Arc::new(AggregateStore::<Conversation>::with_snapshots(
+            app.pool.clone(),
+            5,
+        )),
+        Arc::new(AggregateStore::<Conversation>::with_snapshots(
+            app.pool.clone(),
+            5,
+        )),
+    ];
+    let alice = UserId::new();
+    let metadata = || EventMetadata {
+        actor_id: Some(alice),
+        request_id: "group-commit-test".to_owned(),
+        recorded_at: chrono::Utc::now(),
+    };
+    let conversation_ids: Vec<ConversationId> = (0..8).map(|_| ConversationId::new()).collect();
+    let conversations: Vec<String> = conversation_ids.iter().map(ToString::to_string).collect();
+    for (id, conversation_id) in conversations.iter().zip(&conversation_ids) {
+        let create = ConversationCommand::Create {
+            conversation_id: *conversation_id,
+            kind: ConversationKind::Group,
+            creator_id: alice,
+            member_ids: vec![UserId::new()],
+            title: Some(
+                domain::conversation::Title::parse("batch")
+                    .unwrap_or_else(|error| panic!("{error}")),
+            ),
+            at: chrono::Utc::now(),
+        };
+        stores[0]
+            .execute(id, create, &services, &metadata())
+            .await
+            .unwrap_or_else(|error| panic!("created: {error:?}"));
+    }
+    const SENDS: usize = 25;
+    let mut tasks = tokio::task::JoinSet::new();
+    for (index, id) in conversations.iter().enumerate() {
+        for turn in 0..SENDS {
+            let store = stores[(index + turn) % 2].clone();
+            let services = services.clone();
+            let id = id.clone();
+            let metadata = metadata();
+            tasks.spawn(async move {
+                let send = ConversationCommand::SendMessage {
+                    message_id: MessageId::new(),
+                    sender_id: alice,
+                    client_message_id: None,
+                    body: Some(
+                        MessageBody::parse(&format!("turn {turn}"))
+                            .unwrap_or_else(|error| panic!("{error:?}")),
+                    ),
+                    attachments: vec![],
+                    reply_to_id: None,
+                    at: chrono::Utc::now(),
+                };
+                store.execute(&id, send, &services, &metadata).await
+            });
+        }
+    }
+    while let Some(result) = tasks.join_next().await {
+        result
+            .unwrap_or_else(|error| panic!("{error}"))
+            .unwrap_or_else(|error| panic!("a send failed: {error:?}"));
+    }
+
+    let expected = i64::try_from(SENDS + 1).unwrap_or(i64::MAX);
+    for (id, conversation_id) in conversations.iter().zip(&conversation_ids) {
+        let sequences: Vec<i64> = sqlx::query_scalar(
+            "SELECT sequence FROM events WHERE aggregate_type = 'conversation'
+               AND aggregate_id = $1 ORDER BY sequence",
+        )
+        .bind(id)
+        .fetch_all(&app.pool)
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+        assert_eq!(sequences, (1..=expected).collect::<Vec<_>>(), "stream {id}");
+        // The outbox has each event once, in sequence order, for the relay.
+        let outboxed: Vec<i64> = sqlx::query_scalar(
+            "SELECT sequence FROM outbox WHERE aggregate_type = 'conversation'
+               AND aggregate_id = $1 ORDER BY id",
+        )
+        .bind(id)
+        .fetch_all(&app.pool)
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+        assert_eq!(outboxed, sequences, "outbox of {id}");
+        let indexed: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM message_index WHERE conversation_id = $1")
+                .bind(conversation_id.as_uuid())
+                .fetch_one(&app.pool)
+                .await
+                .unwrap_or_else(|error| panic!("{error}"));
+        assert_eq!(indexed, i64::try_from(SENDS).unwrap_or(0));
+        // What a store loads from the snapshot and the log is what was committed.
+        let loaded = AggregateStore::<Conversation>::with_snapshots(app.pool.clone(), 5)
+            .load(id)
+            .await
+            .unwrap_or_else(|error| panic!("{error:?}"))
+            .unwrap_or_else(|| panic!("{id} does not exist"));
+        assert_eq!(loaded.last_seq, i64::try_from(SENDS).unwrap_or(0));
+    }
+    // Rows inserted by one transaction share its xmin: fewer transactions than commands.
+    let transactions: i64 = sqlx::query_scalar(
+        "SELECT count(DISTINCT xmin::text) FROM events
+          WHERE aggregate_type = 'conversation' AND sequence > 1",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap_or_else(|error| panic!("{error}"));
+    let commands = i64::try_from(conversations.len() * SENDS).unwrap_or(0);
+    assert!(
+        transactions < commands,
+        "{commands} sends took {transactions} transactions: nothing was grouped"
+    );
+}
+
+#[tokio::test]
+async fn a_batch_with_a_taken_position_commits_everything_else() {
+    use store::group_commit::{Append, AppendError, EventRow, GroupCommit};
+
+    let app = spawn_app_with(fresh_settings(), HTTP_ONLY).await;
+    let row = |sequence: i64| EventRow {
+        sequence,
+        event_type: "Tested".to_owned(),
+        event_version: "1.0".to_owned(),
+        payload: json!({"Tested": {"n": sequence}}),
+        metadata: json!({"request_id": "batch"}),
+    };
+    let append = |id: &str, sequence: i64| Append {
+        aggregate_type: "batch_test",
+        aggregate_id: id.to_owned(),
+        events: vec![row(sequence)],
+        snapshot: None,
+    };
+    let writer = GroupCommit::new(app.pool.clone());
+    writer
+        .append(append("taken", 1))
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    // Queued together before the writers first run, so they meet in one batch.
+    let streams: Vec<String> = (0..6).map(|n| format!("free-{n}")).collect();
+    let mut appends: Vec<_> = streams
+        .iter()
+        .map(|id| writer.append(append(id, 1)))
+        .collect();
+    appends.insert(3, writer.append(append("taken", 1)));
+    let results = futures::future::join_all(appends).await;
+    for (index, result) in results.iter().enumerate() {
+        if index == 3 {
+            assert!(
+                matches!(result, Err(AppendError::Conflict)),
+                "the taken position: {result:?}"
+            );
+        } else {
+            assert!(result.is_ok(), "append {index}: {result:?}");
+        }
+    }
+    let written: Vec<String> = sqlx::query_scalar(
+        "SELECT aggregate_id FROM events WHERE aggregate_type = 'batch_test' ORDER BY aggregate_id",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap_or_else(|error| panic!("{error}"));
+    let mut expected = streams.clone();
+    expected.push("taken".to_owned());
+    assert_eq!(written, expected);
+    let outboxed: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE aggregate_type = 'batch_test'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(outboxed, 7);
+}

@@ -34,6 +34,8 @@ pub const READ_MODELS: &[(&str, &str)] = &[
 const VOLATILE_COLUMNS: &[&str] = &["updated_at"];
 
 const BATCH: i64 = 20_000;
+/// Connections that write one batch of the rebuild together, each a share of the streams.
+const WRITERS: usize = 2;
 
 /// An event with its place in the log.
 #[derive(sqlx::FromRow)]
@@ -88,8 +90,11 @@ async fn rebuild_and_finish(
         .await?;
     let mut reporter = Progress::new(total, progress);
     let mut after = 0i64;
-    // The next batch is read on another connection while this one is written: reading and
-    // writing each keep one core busy.
+    // The next batch is read on another connection while this one is written, and each batch
+    // is written by WRITERS tasks on their own connections, each taking a share of the streams.
+    // Every read-model row belongs to one stream, so streams can be applied in any order
+    // relative to each other as long as each stream's events keep theirs. This way the
+    // decoding in chatd and the writing in Postgres overlap and both cores stay busy.
     let mut next = tokio::spawn(read_batch(pool.clone(), after, BATCH));
     loop {
         let events = next.await??;
@@ -97,11 +102,21 @@ async fn rebuild_and_finish(
             break;
         };
         next = tokio::spawn(read_batch(pool.clone(), last, BATCH));
-        let mut transaction = pool.begin().await?;
-        let applied = write_batch(&mut transaction, schema, events).await?;
-        transaction.commit().await?;
+        let mut writers = tokio::task::JoinSet::new();
+        for share in partition_by_stream(events, WRITERS) {
+            let pool = pool.clone();
+            let schema = schema.to_owned();
+            writers.spawn(async move {
+                let mut transaction = pool.begin().await?;
+                let applied = write_batch(&mut transaction, &schema, share).await?;
+                transaction.commit().await?;
+                anyhow::Ok(applied)
+            });
+        }
+        while let Some(applied) = writers.join_next().await {
+            reporter.advance(applied??)?;
+        }
         after = last;
-        reporter.advance(applied)?;
     }
     finish_scratch_tables(pool, schema).await?;
     if verify {
@@ -278,6 +293,23 @@ async fn read_events(
 
 async fn read_batch(pool: PgPool, after: i64, limit: i64) -> sqlx::Result<Vec<PositionedEvent>> {
     read_events(&pool, after, limit).await
+}
+
+/// Splits a batch into `shares` lists by stream, each in log order.
+fn partition_by_stream(rows: Vec<PositionedEvent>, shares: usize) -> Vec<Vec<PositionedEvent>> {
+    use std::hash::{Hash, Hasher};
+    let shares = shares.max(1);
+    let mut split: Vec<Vec<PositionedEvent>> = (0..shares)
+        .map(|_| Vec::with_capacity(rows.len() / shares + 1))
+        .collect();
+    for row in rows {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        (&row.event.aggregate_type, &row.event.aggregate_id).hash(&mut hasher);
+        let share = usize::try_from(hasher.finish() % shares as u64).unwrap_or(0);
+        split[share].push(row);
+    }
+    split.retain(|share| !share.is_empty());
+    split
 }
 
 /// Applies `rows` to the scratch tables with the projector's view code and records the

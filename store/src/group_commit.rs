@@ -151,17 +151,18 @@ async fn write(pool: &PgPool, appends: &[&Append]) -> Result<(), AppendError> {
             sequences.push(event.sequence);
             event_types.push(event.event_type.as_str());
             event_versions.push(event.event_version.as_str());
-            payloads.push(sqlx::types::Json(&event.payload));
-            metadata.push(sqlx::types::Json(&event.metadata));
+            payloads.push(event.payload.to_string());
+            metadata.push(event.metadata.to_string());
         }
     }
     let mut tx = pool.begin().await.map_err(failed)?;
     // Rows go in the order given, so one stream's events are inserted in sequence order.
+    // Payloads travel as text and are stored as `json` as they are: no detour through jsonb.
     sqlx::query(
         "INSERT INTO events
               (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
          SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[],
-                              $6::jsonb[], $7::jsonb[])",
+                              $6::text[]::json[], $7::text[]::json[])",
     )
     .bind(&aggregate_types)
     .bind(&aggregate_ids)

@@ -337,17 +337,16 @@ impl PushRouter {
         let mut conversations: Vec<Uuid> = sent.iter().map(|(id, _, _)| *id).collect();
         conversations.sort_unstable();
         conversations.dedup();
-        let rows: Vec<(Uuid, Uuid)> = sqlx::query_as(
-            "SELECT conversation_id, user_id FROM push_members
-              WHERE conversation_id = ANY($1) ORDER BY conversation_id, user_id",
+        // One row per conversation: a 1,000-member group is one array, not 1,000 rows to decode.
+        let members: HashMap<Uuid, Vec<Uuid>> = sqlx::query_as::<_, (Uuid, Vec<Uuid>)>(
+            "SELECT conversation_id, array_agg(user_id ORDER BY user_id) FROM push_members
+              WHERE conversation_id = ANY($1) GROUP BY conversation_id",
         )
         .bind(&conversations)
         .fetch_all(&mut **transaction)
-        .await?;
-        let mut members: HashMap<Uuid, Vec<Uuid>> = HashMap::with_capacity(conversations.len());
-        for (conversation_id, user_id) in rows {
-            members.entry(conversation_id).or_default().push(user_id);
-        }
+        .await?
+        .into_iter()
+        .collect();
         let mut pushes = Vec::with_capacity(sent.len());
         for (conversation_id, payload, event) in sent {
             let recipients = members.get(&conversation_id).cloned().unwrap_or_default();

@@ -1,4 +1,4 @@
-.PHONY: run test bench bench-idle bench-relay bench-upload
+.PHONY: run test bench bench-idle bench-relay bench-replay bench-upload
 
 # Sets up Postgres, Redis and RabbitMQ if missing, then runs `chatd serve` on 127.0.0.1:8080.
 run:
@@ -15,6 +15,10 @@ bench:
 # Idle connections over six socket-push processes (CONNECTIONS=19000 NODES=1 for one process).
 bench-idle:
 	./scripts/bench-idle-fleet.sh
+
+# chatd replay on 1,000,000 seeded events, twice, then replay --verify.
+bench-replay:
+	./scripts/bench-replay.sh
 
 # Outbox relay throughput: events/s from the outbox to the broker's confirm.
 bench-relay:

@@ -79,7 +79,9 @@ fi
   echo "receipt by every other member's socket. \`lost\` counts accepted messages some member's"
   echo "sockets had not received when the drain time after sending (10 s) ran out; \`overloaded\`"
   echo "counts sends not made because 20,000 were already waiting for their ack (open loop:"
-  echo "the offered rate is never lowered). Sending lasted $seconds s per run."
+  echo "the offered rate is never lowered). Sending lasted $seconds s per run. Before sending,"
+  echo "loadgen reads and drops what setup pushed (presence of everyone coming online) until no"
+  echo "socket has received anything for a second (\`--settle-seconds\`, at most 60 s)."
 } > "$report"
 for entry in "${runs[@]}"; do
   name=${entry%%|*}

@@ -110,6 +110,12 @@ pub struct Load {
     /// cursor, while traffic flows (the reconnect scenario; sends go over REST then).
     #[arg(long, default_value_t = 0)]
     reconnect_every_ms: u64,
+    /// Before sending, read and drop what the server pushes while everyone comes online
+    /// (presence announcements: N users in one group make about N²/2 frames) until no socket
+    /// has received anything for a second, for at most this many seconds (0: do not wait).
+    /// Otherwise the first messages queue behind that burst and their latency measures it.
+    #[arg(long, default_value_t = 60.0)]
+    settle_seconds: f64,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -130,6 +136,10 @@ impl Load {
 
     fn drain(&self) -> Duration {
         Duration::from_secs_f64(self.drain_seconds.clamp(0.0, 600.0))
+    }
+
+    fn settle_limit(&self) -> Duration {
+        Duration::from_secs_f64(self.settle_seconds.clamp(0.0, 600.0))
     }
 }
 
@@ -167,7 +177,7 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let (name, load, world) = match &cli.scenario {
+    let (name, load, mut world) = match &cli.scenario {
         Scenario::IdleWorker => unreachable!("handled above"),
         Scenario::Direct { pairs, load } => (
             "direct",
@@ -196,6 +206,20 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
         load.seconds,
         load.transport
     );
+    if load.reconnect_every().is_none() && !load.settle_limit().is_zero() {
+        let settled =
+            setup::settle(&mut world, Duration::from_secs(1), load.settle_limit()).await?;
+        eprintln!(
+            "loadgen: setup pushes settled after {:.1} s ({} frames read and dropped{})",
+            settled.seconds,
+            settled.frames,
+            if settled.quiet {
+                ""
+            } else {
+                "; still arriving at the limit"
+            }
+        );
+    }
     let outcome = run::run(&api, &world, &load).await?;
     let result = report::Report::new(name, &load, &world, outcome);
     println!("{}", result.table());

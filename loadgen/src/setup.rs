@@ -107,6 +107,92 @@ pub struct World {
     pub cursors: Vec<Option<String>>,
 }
 
+/// What [`settle`] read before the run.
+pub struct Settled {
+    pub frames: u64,
+    pub seconds: f64,
+    /// Whether it ended on a quiet second (not on the limit).
+    pub quiet: bool,
+}
+
+/// Reads and drops what the server pushes to the open sockets before anyone sends (the
+/// presence announcements of everyone coming online, the conversations' creation), until no
+/// socket has received a text frame for `quiet`, or `limit` has passed. An event frame's
+/// cursor becomes the socket's resume cursor.
+pub async fn settle(
+    world: &mut World,
+    quiet: Duration,
+    limit: Duration,
+) -> anyhow::Result<Settled> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let started = std::time::Instant::now();
+    let elapsed_ms = move || u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let last_frame_ms = Arc::new(AtomicU64::new(0));
+    let frames = Arc::new(AtomicU64::new(0));
+    let quiet_ms = u64::try_from(quiet.as_millis()).unwrap_or(u64::MAX);
+    let limit_ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
+    let sockets: Vec<Option<Socket>> = world
+        .sockets
+        .lock()
+        .map_err(|_| anyhow::anyhow!("socket list poisoned"))?
+        .drain(..)
+        .collect();
+    let mut readers = Vec::with_capacity(sockets.len());
+    for socket in sockets {
+        let (last_frame_ms, frames) = (last_frame_ms.clone(), frames.clone());
+        readers.push(tokio::spawn(async move {
+            let Some(mut socket) = socket else {
+                return anyhow::Ok((None, None));
+            };
+            let mut cursor = None;
+            loop {
+                match tokio::time::timeout(Duration::from_millis(100), socket.next()).await {
+                    Ok(Some(Ok(Message::Text(text)))) => {
+                        frames.fetch_add(1, Ordering::Relaxed);
+                        last_frame_ms.fetch_max(elapsed_ms(), Ordering::Relaxed);
+                        if text.contains("\"cursor\"") {
+                            let frame: Value = serde_json::from_str(&text).unwrap_or_default();
+                            if frame["type"] == "event" {
+                                cursor = frame["cursor"].as_str().map(str::to_owned).or(cursor);
+                            }
+                        }
+                    }
+                    Ok(Some(Ok(_))) | Err(_) => {}
+                    Ok(Some(Err(error))) => bail!("a socket failed before the run: {error}"),
+                    Ok(None) => bail!("the server closed a socket before the run"),
+                }
+                let now = elapsed_ms();
+                if now.saturating_sub(last_frame_ms.load(Ordering::Relaxed)) >= quiet_ms
+                    || now >= limit_ms
+                {
+                    return Ok((Some(socket), cursor));
+                }
+            }
+        }));
+    }
+    let mut sockets = Vec::with_capacity(readers.len());
+    for (index, reader) in readers.into_iter().enumerate() {
+        let (socket, cursor) = reader.await??;
+        if let Some(cursor) = cursor
+            && let Some(slot) = world.cursors.get_mut(index)
+        {
+            *slot = Some(cursor);
+        }
+        sockets.push(socket);
+    }
+    *world
+        .sockets
+        .lock()
+        .map_err(|_| anyhow::anyhow!("socket list poisoned"))? = sockets;
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(Settled {
+        frames: frames.load(Ordering::Relaxed),
+        seconds,
+        quiet: started.elapsed() < limit,
+    })
+}
+
 /// Registers `count` users, `concurrency` at a time (password hashing is the slow part).
 pub async fn register(api: &Api, count: usize, concurrency: usize) -> anyhow::Result<Vec<User>> {
     let run = Uuid::now_v7().simple().to_string();

@@ -112,6 +112,7 @@ async fn write_batches(pool: PgPool, queue: Arc<Mutex<mpsc::Receiver<Queued>>>) 
             }
         }
         let appends: Vec<&Append> = batch.iter().map(|queued| &queued.append).collect();
+        metrics::histogram!("chat_event_commit_batch_size").record(appends.len() as f64);
         match write(&pool, &appends).await {
             Ok(()) => {
                 for queued in batch.drain(..) {
@@ -123,8 +124,10 @@ async fn write_batches(pool: PgPool, queue: Arc<Mutex<mpsc::Receiver<Queued>>>) 
                     let _ = queued.done.send(Err(error));
                 }
             }
-            Err(_) => {
+            Err(error) => {
                 // Find the command at fault: each is written again on its own.
+                metrics::counter!("chat_event_commit_batches_split_total").increment(1);
+                tracing::debug!(%error, commands = batch.len(), "a group commit failed; writing its commands one by one");
                 for queued in batch.drain(..) {
                     let result = write(&pool, &[&queued.append]).await;
                     let _ = queued.done.send(result);

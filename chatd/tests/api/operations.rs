@@ -40,6 +40,7 @@ async fn health_readiness_and_metrics() {
         "chat_outbox_lag_seconds",
         "chat_read_model_lag_ms",
         "chat_queue_depth",
+        "chat_event_commit_batch_size",
     ] {
         assert!(metrics.contains(name), "{name} missing from /metrics");
     }

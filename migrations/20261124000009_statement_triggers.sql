@@ -49,3 +49,14 @@ DROP FUNCTION index_messages();
 CREATE TRIGGER index_messages AFTER INSERT ON events
     REFERENCING NEW TABLE AS new_events
     FOR EACH STATEMENT EXECUTE FUNCTION index_message_rows();
+
+-- One snapshot per aggregate. cqrs-es loads a snapshot and then the events after it with two
+-- statements; a writer that commits in between makes the loader see its events but not its
+-- first snapshot, and a second first snapshot could then be inserted beside it (the key
+-- includes last_sequence), after which every later snapshot update matched two rows and
+-- failed. With this index the second insert is a conflict: the command is decided again on a
+-- fresh load. A snapshot is a cache of the log, so the older of any two is dropped.
+DELETE FROM snapshots s USING snapshots t
+ WHERE s.aggregate_type = t.aggregate_type AND s.aggregate_id = t.aggregate_id
+   AND s.last_sequence < t.last_sequence;
+CREATE UNIQUE INDEX snapshots_one_per_aggregate ON snapshots (aggregate_type, aggregate_id);

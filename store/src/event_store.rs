@@ -18,7 +18,7 @@ use sqlx::PgPool;
 use crate::group_commit::{Append, AppendError, EventRow, GroupCommit, SnapshotRow};
 
 /// How often a command is decided again after losing an optimistic-concurrency race.
-const CONFLICT_RETRIES: usize = 20;
+const CONFLICT_RETRIES: usize = 30;
 
 /// Where a stream stood after a command: the projector has caught up with the command once it
 /// has applied `sequence` of this stream.
@@ -230,7 +230,19 @@ where
                 .try_execute(aggregate_id, command.clone(), services, metadata)
                 .await
             {
-                Err(Attempt::Conflict) if attempt < CONFLICT_RETRIES => continue,
+                Err(Attempt::Conflict) if attempt < CONFLICT_RETRIES => {
+                    // Another node wrote this stream meanwhile. Two nodes that keep writing
+                    // one stream would keep beating each other; a random pause, longer each
+                    // time, lets one of them through.
+                    let ceiling_us = 1_000 * u64::try_from(attempt.min(10)).unwrap_or(10);
+                    let random = u64::from_le_bytes(
+                        uuid::Uuid::new_v4().as_bytes()[..8]
+                            .try_into()
+                            .unwrap_or([0; 8]),
+                    );
+                    tokio::time::sleep(std::time::Duration::from_micros(random % ceiling_us)).await;
+                    continue;
+                }
                 Err(Attempt::Conflict) => {
                     return Err(ExecuteError::Store(format!(
                         "{} {aggregate_id}: still conflicting after {attempt} attempts",

@@ -9,12 +9,13 @@ use axum::response::{IntoResponse, Response};
 
 use domain::conversation::{
     ClientMessageId, Conversation, ConversationCommand, ConversationError, ConversationEvent,
-    ConversationKind, MessageBody, MessageFacts, MessageLookup, Title,
+    ConversationKind, ConversationServices, MessageBody, MessageFacts, MessageLookup, Title,
 };
 use domain::metadata::EventMetadata;
 use domain::{ConversationId, MessageId, UserId};
 use serde::Deserialize;
 use sqlx::PgPool;
+use std::sync::Arc;
 use store::{Committed, ExecuteError, StreamPosition};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -84,6 +85,40 @@ impl MessageLookup for IndexedMessages {
         .await
         .map(|row| row.map(MessageFacts::from))
         .map_err(|error| error.to_string())
+    }
+}
+
+/// The lookups of one send. Its first decision takes the `client_message_id` as new without
+/// asking the index: a retry of an earlier send then breaks the index's unique key when it
+/// commits, and the store decides the command again, this time with the real lookup, which
+/// finds the original. A send that is not a retry (nearly all) saves a query.
+struct FirstSendAssumedNew {
+    index: Arc<dyn MessageLookup>,
+    first: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait]
+impl MessageLookup for FirstSendAssumedNew {
+    async fn message(
+        &self,
+        conversation_id: ConversationId,
+        message_id: MessageId,
+    ) -> Result<Option<MessageFacts>, String> {
+        self.index.message(conversation_id, message_id).await
+    }
+
+    async fn by_client_message_id(
+        &self,
+        conversation_id: ConversationId,
+        sender_id: UserId,
+        client_message_id: &ClientMessageId,
+    ) -> Result<Option<MessageFacts>, String> {
+        if self.first.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            return Ok(None);
+        }
+        self.index
+            .by_client_message_id(conversation_id, sender_id, client_message_id)
+            .await
     }
 }
 
@@ -353,7 +388,17 @@ pub async fn send(
         reply_to_id: request.reply_to_id.map(MessageId::from_uuid),
         at: metadata.recorded_at,
     };
-    let committed = execute(state, conversation_id, command, &metadata).await?;
+    let services = ConversationServices {
+        messages: Arc::new(FirstSendAssumedNew {
+            index: state.conversation_services.messages.clone(),
+            first: std::sync::atomic::AtomicBool::new(true),
+        }),
+    };
+    let committed = state
+        .conversations
+        .execute(&conversation_id.to_string(), command, &services, &metadata)
+        .await
+        .map_err(conversation_error)?;
     let sent = match committed.events.into_iter().next() {
         Some(event) => event,
         None => original_send(&state.pool, conversation_id, sender_id, client_message_id).await?,

@@ -26,39 +26,17 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn run(pool: &sqlx::PgPool, events: i64) -> anyhow::Result<()> {
-    let conversations: i64 = 1000;
     let seeding = Instant::now();
     // Conversation c (0..1000) is created by user A_c with member B_c; then messages.
-    sqlx::query(
-        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
-         SELECT 'conversation', c.id::text, 1, 'ConversationCreated', '1.0',
-                json_build_object('Created', json_build_object(
-                    'conversation_id', c.id, 'kind', 'group', 'title', 'bench', 'owner_id', c.owner,
-                    'members', json_build_array(json_build_array(c.owner, 'owner'), json_build_array(c.member, 'member')),
-                    'at', '2026-11-24T10:00:00Z')),
-                json_build_object('actor_id', c.owner, 'request_id', 'bench', 'recorded_at', '2026-11-24T10:00:00Z')
-           FROM (SELECT gen_random_uuid() AS id, gen_random_uuid() AS owner, gen_random_uuid() AS member, n
-                   FROM generate_series(1, $1) AS n) c",
-    )
-    .bind(conversations)
-    .execute(pool)
-    .await?;
-    sqlx::query(
-        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
-         SELECT 'conversation', c.aggregate_id, m.seq + 1, 'MessageSent', '1.0',
-                json_build_object('MessageSent', json_build_object(
-                    'message_id', gen_random_uuid(), 'seq', m.seq, 'sender_id', c.payload -> 'Created' -> 'owner_id',
-                    'client_message_id', null, 'body', 'a message of ordinary length, about sixty characters long',
-                    'attachment_ids', json_build_array(), 'reply_to_id', null, 'at', '2026-11-24T10:00:01Z')),
-                json_build_object('actor_id', c.payload -> 'Created' -> 'owner_id', 'request_id', 'bench', 'recorded_at', '2026-11-24T10:00:01Z')
-           FROM events c
-           CROSS JOIN LATERAL generate_series(1, ($1 - $2) / $2) AS m(seq)
-          WHERE c.event_type = 'ConversationCreated'",
-    )
-    .bind(events)
-    .bind(conversations)
-    .execute(pool)
-    .await?;
+    let mut transaction = pool.begin().await?;
+    sqlx::query("SELECT set_config('replay.events', $1, true)")
+        .bind(events.to_string())
+        .execute(&mut *transaction)
+        .await?;
+    sqlx::raw_sql(include_str!("replay_seed.sql"))
+        .execute(&mut *transaction)
+        .await?;
+    transaction.commit().await?;
     let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
         .fetch_one(pool)
         .await?;

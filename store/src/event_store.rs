@@ -330,7 +330,7 @@ where
         snapshot: Option<usize>,
     ) -> Result<Append, Attempt<A::Error>> {
         let store_error = |error: String| Attempt::Failed(ExecuteError::Store(error));
-        let metadata = serde_json::to_value(metadata.to_map())
+        let metadata = serde_json::to_string(&metadata.to_map())
             .map_err(|error| store_error(error.to_string()))?;
         let mut rows = Vec::with_capacity(events.len());
         for (event, sequence) in events.iter().zip(sequence_before + 1..) {
@@ -339,7 +339,7 @@ where
                     .map_err(|error| store_error(error.to_string()))?,
                 event_type: event.event_type(),
                 event_version: event.event_version(),
-                payload: serde_json::to_value(event)
+                payload: serde_json::to_string(event)
                     .map_err(|error| store_error(error.to_string()))?,
                 metadata: metadata.clone(),
             });

@@ -24,13 +24,13 @@ const WRITERS: usize = 2;
 /// Commands waiting for a writer, at most; further commands wait to be queued.
 const QUEUE: usize = 4096;
 
-/// One event row, as postgres-es stores it.
+/// One event row, as postgres-es stores it (payload and metadata as JSON text).
 pub struct EventRow {
     pub sequence: i64,
     pub event_type: String,
     pub event_version: String,
-    pub payload: Value,
-    pub metadata: Value,
+    pub payload: String,
+    pub metadata: String,
 }
 
 /// The aggregate's snapshot written with a command's events.
@@ -154,8 +154,8 @@ async fn write(pool: &PgPool, appends: &[&Append]) -> Result<(), AppendError> {
             sequences.push(event.sequence);
             event_types.push(event.event_type.as_str());
             event_versions.push(event.event_version.as_str());
-            payloads.push(event.payload.to_string());
-            metadata.push(event.metadata.to_string());
+            payloads.push(event.payload.as_str());
+            metadata.push(event.metadata.as_str());
         }
     }
     let mut tx = pool.begin().await.map_err(failed)?;

@@ -27,25 +27,10 @@ async fn status_of_me(app: &crate::helpers::TestApp, token: &str) -> (StatusCode
     (status, code)
 }
 
-/// Registers a user and waits, as a client would with the consistency token, until the read
-/// side knows the account: `/users/me` is a query, so without the wait it races the projector.
-async fn registered(app: &crate::helpers::TestApp, prefix: &str) -> crate::helpers::TestUser {
-    let user = app.register(prefix).await;
-    let response = app
-        .get(
-            "/api/v1/users/me",
-            Some(&user.access_token),
-            Some(&user.consistency_token),
-        )
-        .await;
-    assert_eq!(response.status(), StatusCode::OK);
-    user
-}
-
 #[tokio::test]
 async fn login_by_username_or_email_and_wrong_passwords() {
     let app = spawn_app().await;
-    let user = registered(&app, "login").await;
+    let user = app.register_visible("login").await;
     for login in [user.username.clone(), user.email.to_uppercase()] {
         let response = app.login(&login, PASSWORD).await;
         assert_eq!(response.status(), StatusCode::OK, "{login}");
@@ -94,7 +79,7 @@ async fn login_by_username_or_email_and_wrong_passwords() {
 #[tokio::test]
 async fn repeated_failures_are_rate_limited_per_account() {
     let app = spawn_app().await;
-    let user = registered(&app, "limited").await;
+    let user = app.register_visible("limited").await;
     for _ in 0..5 {
         assert_eq!(
             app.login(&user.username, "wrong password").await.status(),
@@ -112,7 +97,7 @@ async fn repeated_failures_are_rate_limited_per_account() {
     );
     assert_eq!(json_body(limited).await["code"], "rate_limited");
     // Another account from the same address is still fine.
-    let other = registered(&app, "unlimited").await;
+    let other = app.register_visible("unlimited").await;
     assert_eq!(
         app.login(&other.username, PASSWORD).await.status(),
         StatusCode::OK
@@ -122,7 +107,7 @@ async fn repeated_failures_are_rate_limited_per_account() {
 #[tokio::test]
 async fn logout_revokes_this_token_or_every_device() {
     let app = spawn_app().await;
-    let user = registered(&app, "logout").await;
+    let user = app.register_visible("logout").await;
     let second = session_user(
         app.login(&user.username, PASSWORD).await,
         &user.username,
@@ -220,7 +205,7 @@ async fn logout_revokes_this_token_or_every_device() {
 #[tokio::test]
 async fn refresh_rotates_and_reuse_revokes_the_family() {
     let app = spawn_app().await;
-    let user = registered(&app, "rotate").await;
+    let user = app.register_visible("rotate").await;
     let first = app
         .post(
             "/api/v1/auth/refresh",
@@ -289,8 +274,8 @@ async fn refresh_rotates_and_reuse_revokes_the_family() {
 #[tokio::test]
 async fn a_revoked_token_stays_revoked_after_redis_loses_everything() {
     let app = spawn_app().await;
-    let user = registered(&app, "flush").await;
-    let keeper = registered(&app, "keeper").await;
+    let user = app.register_visible("flush").await;
+    let keeper = app.register_visible("keeper").await;
     let response = app
         .post("/api/v1/auth/logout", Some(&user.access_token), &json!({}))
         .await;
@@ -316,7 +301,7 @@ async fn authenticated_requests_fail_closed_when_redis_is_unreachable() {
     let mut settings = fresh_settings();
     settings.redis_url = format!("redis://{}", redis.address);
     let app = spawn_app_with(settings, Roles::ALL).await;
-    let user = registered(&app, "closed").await;
+    let user = app.register_visible("closed").await;
     assert_eq!(
         status_of_me(&app, &user.access_token).await.0,
         StatusCode::OK
@@ -354,7 +339,7 @@ async fn authenticated_requests_fail_closed_when_redis_is_unreachable() {
 #[tokio::test]
 async fn forged_expired_and_foreign_tokens_are_refused() {
     let app = spawn_app().await;
-    let user = registered(&app, "forge").await;
+    let user = app.register_visible("forge").await;
     let parts: Vec<&str> = user.access_token.split('.').collect();
     let claims: serde_json::Value =
         serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap_or_default())
@@ -413,7 +398,7 @@ async fn forged_expired_and_foreign_tokens_are_refused() {
 #[tokio::test]
 async fn password_change_revokes_other_sessions() {
     let app = spawn_app().await;
-    let user = registered(&app, "passwd").await;
+    let user = app.register_visible("passwd").await;
     let other_device = session_user(
         app.login(&user.username, PASSWORD).await,
         &user.username,

@@ -254,6 +254,22 @@ impl TestApp {
         session_user(response, &username, &email).await
     }
 
+    /// Registers a user and waits, as a client would with the consistency token, until the
+    /// read side knows the account (`/users/me` is a query: without the wait it races the
+    /// projector).
+    pub async fn register_visible(&self, prefix: &str) -> TestUser {
+        let user = self.register(prefix).await;
+        let response = self
+            .get(
+                "/api/v1/users/me",
+                Some(&user.access_token),
+                Some(&user.consistency_token),
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::OK);
+        user
+    }
+
     pub async fn login(&self, login: &str, password: &str) -> Response {
         self.post(
             "/api/v1/auth/login",

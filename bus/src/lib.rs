@@ -2,7 +2,8 @@
 //! outbox relay that moves committed events from Postgres to the broker.
 //!
 //! - [`topology`]: exchange and queue names under the namespace, declared idempotently.
-//! - [`message`]: `EventMessage`, the one wire format of an event on the bus.
+//! - [`message`]: `EventMessage`, the one wire format of an event on the bus, and the
+//!   message bodies that carry runs of them.
 //! - [`relay`]: `OutboxRelay`, publishing outbox rows with pipelined publisher confirms.
 //! - [`connect`]: a connection with a bounded timeout and a one-line error.
 
@@ -14,7 +15,7 @@ use anyhow::Context;
 use lapin::{Connection, ConnectionProperties};
 use std::time::Duration;
 
-pub use message::EventMessage;
+pub use message::{EVENTS_ROUTING_KEY, EventMessage, decode_events};
 pub use relay::{OutboxRelay, Processed, RelayOptions};
 pub use topology::Topology;
 

@@ -1,5 +1,6 @@
-//! The wire format of an event on the bus: the stored event, as JSON, with its stream
-//! coordinates. Consumers identify an event by `(aggregate_type, aggregate_id, sequence)`.
+//! The wire format of events on the bus: each stored event as JSON, with its stream
+//! coordinates, and one AMQP message carrying a run of them (a JSON array, in outbox order).
+//! Consumers identify an event by `(aggregate_type, aggregate_id, sequence)`.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -15,13 +16,22 @@ pub struct EventMessage {
     pub metadata: Value,
 }
 
-impl EventMessage {
-    /// `account.AccountRegistered`: consumers bind by aggregate type or event type.
-    pub fn routing_key(&self) -> String {
-        format!("{}.{}", self.aggregate_type, self.event_type)
-    }
+/// The routing key of every message the relay publishes: a message carries events of many
+/// streams and types, so consumers bind `#` and look at each event (ADR 0018).
+pub const EVENTS_ROUTING_KEY: &str = "events";
 
-    /// A stable id for broker-side tracing and deduplication.
+/// The events of one AMQP message body: a JSON array of events (what the relay publishes), or
+/// a single event object (what relays before ADR 0018 published, still readable so a rolling
+/// upgrade loses nothing, and what an operator may publish by hand).
+pub fn decode_events(body: &[u8]) -> serde_json::Result<Vec<EventMessage>> {
+    match body.iter().find(|byte| !byte.is_ascii_whitespace()) {
+        Some(b'[') => serde_json::from_slice(body),
+        _ => serde_json::from_slice::<EventMessage>(body).map(|event| vec![event]),
+    }
+}
+
+impl EventMessage {
+    /// `account:{id}:3`: the event's identity, for logs.
     pub fn message_id(&self) -> String {
         format!(
             "{}:{}:{}",
@@ -50,5 +60,36 @@ impl EventMessage {
         .bind(to)
         .fetch_all(executor)
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn event(sequence: i64) -> Value {
+        json!({
+            "aggregate_type": "account", "aggregate_id": "a", "sequence": sequence,
+            "event_type": "AccountRegistered", "event_version": "1.0",
+            "payload": {"k": sequence}, "metadata": {}
+        })
+    }
+
+    #[test]
+    fn a_body_is_a_run_of_events_or_a_single_one() {
+        let run = serde_json::to_vec(&json!([event(1), event(2)])).unwrap_or_default();
+        let decoded = decode_events(&run).unwrap_or_default();
+        assert_eq!(
+            decoded.iter().map(|e| e.sequence).collect::<Vec<_>>(),
+            [1, 2]
+        );
+        let single = serde_json::to_vec(&event(7)).unwrap_or_default();
+        let decoded = decode_events(&single).unwrap_or_default();
+        assert_eq!(decoded.len(), 1);
+        assert_eq!(decoded[0].payload, json!({"k": 7}));
+        assert!(decode_events(b"  [").is_err());
+        assert!(decode_events(b"not json").is_err());
+        assert!(decode_events(b"[{\"sequence\": 1}]").is_err());
     }
 }

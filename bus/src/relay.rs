@@ -9,18 +9,20 @@
 //! - One relay publishes at a time (a Postgres advisory lock held on the relay's own
 //!   connection), so the events of one stream leave in sequence order.
 //! - Confirms are pipelined: a whole batch is published, then its confirms awaited together.
+//! - A message carries a run of events (up to [`EVENTS_PER_MESSAGE`]), so the broker's
+//!   per-message cost is shared (ADR 0018).
 
 use futures::future::join_all;
 use lapin::Confirmation;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection};
 use sqlx::postgres::PgListener;
 use sqlx::{Connection as _, PgConnection, PgPool};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-use crate::{Backoff, EventMessage, Topology};
+use crate::{Backoff, Topology};
 
 /// The advisory-lock key that elects the one active relay of a database.
 const RELAY_LOCK_KEY: i64 = 0x0c4a_7d00_0001;
@@ -88,12 +90,14 @@ impl OutboxRelay {
         let Some(links) = self.links.as_mut() else {
             return Ok(Processed::Idle);
         };
-        let rows: Vec<(i64, sqlx::types::Json<EventMessage>)> = sqlx::query_as(
+        // Each event comes out of Postgres as the JSON text it is sent as: the relay splices
+        // texts into message bodies and never parses an event.
+        let rows: Vec<(i64, String)> = sqlx::query_as(
             "SELECT o.id, json_build_object(
                         'aggregate_type', e.aggregate_type, 'aggregate_id', e.aggregate_id,
                         'sequence', e.sequence, 'event_type', e.event_type,
                         'event_version', e.event_version, 'payload', e.payload,
-                        'metadata', e.metadata)
+                        'metadata', e.metadata)::text
                FROM (SELECT id, aggregate_type, aggregate_id, sequence FROM outbox
                       WHERE published_at IS NULL ORDER BY id LIMIT $1) o
                JOIN events e USING (aggregate_type, aggregate_id, sequence)
@@ -106,23 +110,24 @@ impl OutboxRelay {
             return Ok(Processed::Idle);
         }
         let exchange = self.options.topology.events_exchange();
-        let mut pending = Vec::with_capacity(rows.len());
-        for (index, (_, message)) in rows.iter().enumerate() {
-            if self.options.crash_after == Some(index) {
-                anyhow::bail!("relay crashed on purpose after {index} publishes");
+        let runs = runs(&rows, self.options.crash_after);
+        let mut pending = Vec::with_capacity(runs.len());
+        for run in &runs {
+            if self.options.crash_after == Some(run.start) {
+                anyhow::bail!("relay crashed on purpose after {} publishes", run.start);
             }
-            let body = serde_json::to_vec(&message.0)?;
+            let events = &rows[run.clone()];
             let confirm = links
                 .channel
                 .basic_publish(
                     exchange.as_str().into(),
-                    message.routing_key().into(),
+                    crate::EVENTS_ROUTING_KEY.into(),
                     BasicPublishOptions {
                         mandatory: true,
                         ..BasicPublishOptions::default()
                     },
-                    &body,
-                    properties(&message.0),
+                    &body(events),
+                    properties(events),
                 )
                 .await?;
             pending.push(confirm);
@@ -131,15 +136,18 @@ impl OutboxRelay {
         // Only the confirmed prefix counts: what follows a refused message waits for the next
         // batch, so a stream never overtakes itself.
         let mut published = Vec::with_capacity(rows.len());
-        for ((id, message), confirmation) in rows.iter().zip(confirmations) {
+        for (run, confirmation) in runs.iter().zip(confirmations) {
+            let events = &rows[run.clone()];
             match confirmation? {
-                Confirmation::Ack(None) | Confirmation::NotRequested => published.push(*id),
+                Confirmation::Ack(None) | Confirmation::NotRequested => {
+                    published.extend(events.iter().map(|(id, _)| *id));
+                }
                 Confirmation::Ack(Some(_)) => {
-                    tracing::warn!(message_id = %message.message_id(), "broker returned an unroutable event; will retry");
+                    tracing::warn!(message_id = %message_id(events), "broker returned an unroutable message; will retry");
                     break;
                 }
                 Confirmation::Nack(_) => {
-                    tracing::warn!(message_id = %message.message_id(), "broker refused an event; will retry");
+                    tracing::warn!(message_id = %message_id(events), "broker refused a message; will retry");
                     break;
                 }
             }
@@ -249,24 +257,93 @@ async fn listen(pool: &PgPool) -> Option<PgListener> {
     Some(listener)
 }
 
-fn properties(message: &EventMessage) -> BasicProperties {
+/// The most events one message carries, and about the most bytes: enough that the broker's
+/// per-message work (two quorum queues, their logs, deliveries and acks) is shared by many
+/// events, small enough that a consumer's prefetch stays a bounded amount of memory.
+const EVENTS_PER_MESSAGE: usize = 128;
+const BYTES_PER_MESSAGE: usize = 512 * 1024;
+
+/// Splits a batch of rows into the runs that go out as one message each, in order. A crash
+/// test's `crash_after` point starts a run, so the crash falls between two messages.
+fn runs(rows: &[(i64, String)], crash_after: Option<usize>) -> Vec<std::ops::Range<usize>> {
+    let mut runs = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (index, (_, text)) in rows.iter().enumerate() {
+        let full = index - start == EVENTS_PER_MESSAGE || bytes + text.len() > BYTES_PER_MESSAGE;
+        if index > start && (full || crash_after == Some(index)) {
+            runs.push(start..index);
+            (start, bytes) = (index, 0);
+        }
+        bytes += text.len() + 1;
+    }
+    runs.push(start..rows.len());
+    runs
+}
+
+/// A JSON array of the events' texts.
+fn body(events: &[(i64, String)]) -> Vec<u8> {
+    let length = events.iter().map(|(_, text)| text.len() + 1).sum::<usize>() + 1;
+    let mut body = Vec::with_capacity(length);
+    body.push(b'[');
+    for (index, (_, text)) in events.iter().enumerate() {
+        if index > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(text.as_bytes());
+    }
+    body.push(b']');
+    body
+}
+
+/// `outbox:17-42`: the outbox rows a message carries, for broker-side tracing.
+fn message_id(events: &[(i64, String)]) -> String {
+    let first = events.first().map_or(0, |(id, _)| *id);
+    let last = events.last().map_or(0, |(id, _)| *id);
+    format!("outbox:{first}-{last}")
+}
+
+fn properties(events: &[(i64, String)]) -> BasicProperties {
     let mut headers = FieldTable::default();
     headers.insert(
-        ShortString::from("aggregate_type"),
-        AMQPValue::LongString(LongString::from(message.aggregate_type.as_str())),
-    );
-    headers.insert(
-        ShortString::from("aggregate_id"),
-        AMQPValue::LongString(LongString::from(message.aggregate_id.as_str())),
-    );
-    headers.insert(
-        ShortString::from("sequence"),
-        AMQPValue::LongLongInt(message.sequence),
+        ShortString::from("events"),
+        AMQPValue::LongLongInt(i64::try_from(events.len()).unwrap_or(i64::MAX)),
     );
     BasicProperties::default()
         .with_delivery_mode(2)
         .with_content_type("application/json".into())
-        .with_message_id(message.message_id().into())
-        .with_type(message.event_type.as_str().into())
+        .with_message_id(message_id(events).into())
+        .with_type("events".into())
         .with_headers(headers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows(count: usize, size: usize) -> Vec<(i64, String)> {
+        (0..count)
+            .map(|index| (index as i64 + 1, "x".repeat(size)))
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_goes_out_in_runs_bounded_by_count_and_bytes() {
+        assert_eq!(runs(&rows(3, 10), None), vec![(0..3)]);
+        assert_eq!(
+            runs(&rows(300, 10), None),
+            [0..EVENTS_PER_MESSAGE, 128..256, 256..300]
+        );
+        // 200 KiB events: two fit under the byte bound, a third would not.
+        assert_eq!(runs(&rows(5, 200 * 1024), None), [0..2, 2..4, 4..5]);
+        // An event larger than the bound still goes, alone.
+        assert_eq!(runs(&rows(2, 600 * 1024), None), [0..1, 1..2]);
+        assert_eq!(runs(&rows(12, 10), Some(5)), [0..5, 5..12]);
+    }
+
+    #[test]
+    fn a_body_is_the_json_array_of_the_event_texts() {
+        let events = vec![(7, "{\"a\":1}".to_owned()), (9, "{\"b\":2}".to_owned())];
+        assert_eq!(body(&events), br#"[{"a":1},{"b":2}]"#);
+        assert_eq!(message_id(&events), "outbox:7-9");
+    }
 }

@@ -1,5 +1,7 @@
 //! The broker objects, all named under the namespace so instances never cross.
 //!
+//! Every message the relay publishes carries a run of events (ADR 0018), routing key `events`.
+//!
 //! ```text
 //! {ns}.events (topic) --#--> {ns}.projector (quorum, delivery limit) --dead letter--> {ns}.dlx
 //!                      --#--> {ns}.push (quorum, single active consumer) --> {ns}.dlx

@@ -96,14 +96,40 @@ struct Links {
     consumer: lapin::Consumer,
 }
 
-/// What happened to one delivery inside the batch transaction.
+/// What happened to one event, or to one delivery (a message's run of events), inside the
+/// batch transaction.
 enum Outcome {
     Applied,
     Duplicate,
     /// Could not be parsed: dead-letter it at once.
     Unreadable,
-    /// Applying failed: requeue; after the delivery limit the broker dead-letters it.
+    /// Applying (one of its events) failed: requeue; after the delivery limit the broker
+    /// dead-letters it.
     Failed,
+}
+
+/// A delivery and the events its body carries (`None`: the body is not events).
+struct Received {
+    delivery: lapin::message::Delivery,
+    events: Option<Vec<EventMessage>>,
+}
+
+impl Received {
+    fn new(delivery: lapin::message::Delivery) -> Self {
+        let events = match bus::decode_events(&delivery.data) {
+            Ok(events) => Some(events),
+            Err(error) => {
+                tracing::error!(%error, "unreadable event message; dead-lettering it");
+                None
+            }
+        };
+        Self { delivery, events }
+    }
+
+    /// Events carried; an unreadable message counts as one.
+    fn len(&self) -> usize {
+        self.events.as_ref().map_or(1, Vec::len)
+    }
 }
 
 impl Projector {
@@ -152,10 +178,17 @@ impl<H: Handler> Consumer<H> {
             Ok(None) => anyhow::bail!("the broker closed the consumer"),
             Ok(Some(delivery)) => delivery?,
         };
-        let mut deliveries = vec![first];
-        while deliveries.len() < self.options.batch_size {
+        // A message carries a run of events (ADR 0018); a batch is whole messages, as many as
+        // are already here, until it holds `batch_size` events.
+        let mut deliveries = vec![Received::new(first)];
+        let mut events = deliveries[0].len();
+        while events < self.options.batch_size {
             match links.consumer.next().now_or_never() {
-                Some(Some(delivery)) => deliveries.push(delivery?),
+                Some(Some(delivery)) => {
+                    let received = Received::new(delivery?);
+                    events += received.len();
+                    deliveries.push(received);
+                }
                 Some(None) => anyhow::bail!("the broker closed the consumer"),
                 None => break,
             }
@@ -165,9 +198,9 @@ impl<H: Handler> Consumer<H> {
         // the batch is tried again, its deliveries held unacked, so an outage never counts
         // against a message's delivery limit (which is for poison messages).
         let mut backoff = Backoff::default();
-        let outcomes = loop {
+        let (applied, outcomes) = loop {
             match self.apply_and_commit(&deliveries).await {
-                Ok(outcomes) => break outcomes,
+                Ok(done) => break done,
                 Err(error) if self.stopping.is_cancelled() => return Err(error),
                 Err(error) => {
                     tracing::warn!(consumer = self.handler.name(), error = %format!("{error:#}"), "batch failed; retrying it");
@@ -179,11 +212,7 @@ impl<H: Handler> Consumer<H> {
             }
         };
 
-        let applied = outcomes
-            .iter()
-            .filter(|outcome| matches!(outcome, Outcome::Applied))
-            .count();
-        self.handled += deliveries.len();
+        self.handled += events;
         if let Some(limit) = self.options.crash_after
             && self.handled >= limit
         {
@@ -195,11 +224,14 @@ impl<H: Handler> Consumer<H> {
         if all_done && let Some(last) = deliveries.last() {
             // The usual case: one frame acks the whole batch (this channel carries only this
             // consumer's deliveries, all of them in the batch).
-            last.acker.ack(BasicAckOptions { multiple: true }).await?;
+            last.delivery
+                .acker
+                .ack(BasicAckOptions { multiple: true })
+                .await?;
             metrics::counter!("chat_projector_applied_total").increment(applied as u64);
-            return Ok(Processed::Events(deliveries.len()));
+            return Ok(Processed::Events(events));
         }
-        for (delivery, outcome) in deliveries.iter().zip(&outcomes) {
+        for (Received { delivery, .. }, outcome) in deliveries.iter().zip(&outcomes) {
             match outcome {
                 Outcome::Applied | Outcome::Duplicate => {
                     delivery.acker.ack(BasicAckOptions::default()).await?;
@@ -222,30 +254,40 @@ impl<H: Handler> Consumer<H> {
             }
         }
         metrics::counter!("chat_projector_applied_total").increment(applied as u64);
-        Ok(Processed::Events(deliveries.len()))
+        Ok(Processed::Events(events))
     }
 
     /// Applies a batch in one transaction, runs the handler's pre-commit step, and commits.
     /// First optimistically, every event straight in the transaction; if any event fails,
     /// the whole attempt is rolled back and the batch is applied again with a savepoint per
-    /// event, so the failing one is set apart and the rest still commit.
+    /// event, so the failing one is set apart and the rest still commit. Returns how many
+    /// events were applied (not duplicates) and each delivery's outcome.
     async fn apply_and_commit(
         &self,
-        deliveries: &[lapin::message::Delivery],
-    ) -> anyhow::Result<Vec<Outcome>> {
-        let messages: Vec<Option<EventMessage>> = deliveries
+        deliveries: &[Received],
+    ) -> anyhow::Result<(usize, Vec<Outcome>)> {
+        let readable: Option<Vec<&EventMessage>> = deliveries
             .iter()
-            .map(|delivery| serde_json::from_slice::<EventMessage>(&delivery.data).ok())
-            .collect();
-        if messages.iter().all(Option::is_some) {
-            let messages: Vec<&EventMessage> = messages.iter().flatten().collect();
+            .map(|received| received.events.as_deref())
+            .try_fold(Vec::new(), |mut all, events| {
+                all.extend(events?);
+                Some(all)
+            });
+        if let Some(messages) = readable {
             let mut transaction = self.pool.begin().await?;
             let mut outputs = Vec::new();
             match apply_batch(&self.handler, &mut transaction, &messages, &mut outputs).await {
                 Ok(Some(outcomes)) => {
                     self.handler.before_commit(outputs).await?;
                     transaction.commit().await?;
-                    return Ok(outcomes);
+                    let applied = outcomes
+                        .iter()
+                        .filter(|outcome| matches!(outcome, Outcome::Applied))
+                        .count();
+                    return Ok((
+                        applied,
+                        deliveries.iter().map(|_| Outcome::Applied).collect(),
+                    ));
                 }
                 // A gap to fill, or an event that fails: the careful path sorts it out.
                 Ok(None) | Err(_) => transaction.rollback().await?,
@@ -254,31 +296,37 @@ impl<H: Handler> Consumer<H> {
         self.apply_event_by_event(deliveries).await
     }
 
-    /// The careful path: a savepoint per event, so one that fails is requeued (and an
-    /// unreadable one dead-lettered) while the others commit.
+    /// The careful path: a savepoint per event, so a message with an event that fails is
+    /// requeued (and an unreadable one dead-lettered) while the others commit. The events of
+    /// a requeued message that did apply are duplicates when it comes back.
     async fn apply_event_by_event(
         &self,
-        deliveries: &[lapin::message::Delivery],
-    ) -> anyhow::Result<Vec<Outcome>> {
+        deliveries: &[Received],
+    ) -> anyhow::Result<(usize, Vec<Outcome>)> {
         let mut transaction = self.pool.begin().await?;
         let mut outcomes = Vec::with_capacity(deliveries.len());
         let mut outputs = Vec::new();
-        for delivery in deliveries {
-            let outcome = match serde_json::from_slice::<EventMessage>(&delivery.data) {
-                Err(error) => {
-                    tracing::error!(%error, "unreadable event message; dead-lettering it");
-                    Outcome::Unreadable
-                }
-                Ok(message) => {
-                    apply_in_savepoint(&self.handler, &mut transaction, &message, &mut outputs)
-                        .await?
-                }
+        let mut applied = 0;
+        for received in deliveries {
+            let Some(events) = &received.events else {
+                outcomes.push(Outcome::Unreadable);
+                continue;
             };
+            let mut outcome = Outcome::Applied;
+            for event in events {
+                match apply_in_savepoint(&self.handler, &mut transaction, event, &mut outputs)
+                    .await?
+                {
+                    Outcome::Applied => applied += 1,
+                    Outcome::Failed => outcome = Outcome::Failed,
+                    Outcome::Duplicate | Outcome::Unreadable => {}
+                }
+            }
             outcomes.push(outcome);
         }
         self.handler.before_commit(outputs).await?;
         transaction.commit().await?;
-        Ok(outcomes)
+        Ok((applied, outcomes))
     }
 
     async fn open_links(&self) -> anyhow::Result<Links> {

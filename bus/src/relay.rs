@@ -162,7 +162,9 @@ impl OutboxRelay {
 
     /// Connects to both servers and takes the relay lock; `None` when another relay has it.
     async fn open_links(&self) -> anyhow::Result<Option<Links>> {
-        let mut database = PgConnection::connect(&self.options.database_url).await?;
+        let mut database =
+            PgConnection::connect_with(&store::connect_options(&self.options.database_url)?)
+                .await?;
         let leader: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
             .bind(RELAY_LOCK_KEY)
             .fetch_one(&mut database)

@@ -104,34 +104,26 @@ pub fn redact(url: &str) -> String {
 mod tests {
     use sqlx::postgres::PgSslMode;
 
-    fn mode(url: &str) -> PgSslMode {
-        super::connect_options(url)
-            .map(|options| options.get_ssl_mode())
-            .unwrap_or_else(|error| panic!("{error:#}"))
-    }
-
     #[test]
     fn tls_is_off_to_a_local_server_unless_the_url_asks_for_it() {
-        assert!(matches!(
-            mode("postgres://postgres@127.0.0.1:5432/chat"),
-            PgSslMode::Disable
-        ));
-        assert!(matches!(
-            mode("postgres://postgres@localhost/chat"),
-            PgSslMode::Disable
-        ));
-        assert!(matches!(
-            mode("postgres://postgres@[::1]:5432/chat"),
-            PgSslMode::Disable
-        ));
-        assert!(matches!(
-            mode("postgres://postgres@127.0.0.1/chat?sslmode=require"),
-            PgSslMode::Require
-        ));
-        assert!(matches!(
-            mode("postgres://postgres@db.internal/chat"),
-            PgSslMode::Prefer
-        ));
+        for (url, expected) in [
+            (
+                "postgres://postgres@127.0.0.1:5432/chat",
+                PgSslMode::Disable,
+            ),
+            ("postgres://postgres@localhost/chat", PgSslMode::Disable),
+            ("postgres://postgres@[::1]:5432/chat", PgSslMode::Disable),
+            (
+                "postgres://postgres@127.0.0.1/chat?sslmode=require",
+                PgSslMode::Require,
+            ),
+            ("postgres://postgres@db.internal/chat", PgSslMode::Prefer),
+        ] {
+            let mode = super::connect_options(url)
+                .map(|options| options.get_ssl_mode())
+                .unwrap_or_else(|error| panic!("{error:#}"));
+            assert_eq!(format!("{mode:?}"), format!("{expected:?}"), "{url}");
+        }
     }
 
     #[test]

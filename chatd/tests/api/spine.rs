@@ -730,3 +730,107 @@ async fn a_batch_with_a_taken_position_commits_everything_else() {
             .unwrap_or_else(|error| panic!("{error}"));
     assert_eq!(outboxed, 7);
 }
+
+#[tokio::test]
+async fn a_run_with_a_poison_event_applies_the_rest_once_and_is_dead_lettered_whole() {
+    let app = spawn_app_with(fresh_settings(), HTTP_ONLY).await;
+    let user = app.register("in_a_run").await;
+    // The user's first event as the relay sends it, and an event nobody can apply, in one run.
+    let registered: String = sqlx::query_scalar(
+        "SELECT json_build_object(
+                    'aggregate_type', aggregate_type, 'aggregate_id', aggregate_id,
+                    'sequence', sequence, 'event_type', event_type,
+                    'event_version', event_version, 'payload', payload, 'metadata', metadata)::text
+           FROM events WHERE aggregate_type = 'account' AND aggregate_id = $1 AND sequence = 1",
+    )
+    .bind(user.id.to_string())
+    .fetch_one(&app.pool)
+    .await
+    .unwrap_or_else(|error| panic!("{error}"));
+    let poison = json!({
+        "aggregate_type": "account", "aggregate_id": Uuid::now_v7().to_string(), "sequence": 1,
+        "event_type": "AccountExploded", "event_version": "1.0",
+        "payload": {"Exploded": {}}, "metadata": {}
+    });
+    let body = format!("[{registered},{poison}]");
+    assert_eq!(
+        bus::decode_events(body.as_bytes())
+            .map(|run| run.len())
+            .ok(),
+        Some(2)
+    );
+
+    let topology = Topology::new(&app.settings.namespace);
+    let connection = bus::connect(&app.settings.amqp_url, "test-run")
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    let channel = connection
+        .create_channel()
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    topology
+        .declare(&channel)
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    channel
+        .basic_publish(
+            topology.events_exchange().into(),
+            bus::EVENTS_ROUTING_KEY.into(),
+            BasicPublishOptions::default(),
+            body.as_bytes(),
+            BasicProperties::default().with_delivery_mode(2),
+        )
+        .await
+        .unwrap_or_else(|error| panic!("{error}"))
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+
+    // Each delivery applies the good event (once: later ones are duplicates) and requeues the
+    // run for its poison; after the delivery limit the broker dead-letters the whole run.
+    let mut projector = projector(&app, None);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut dead = 0;
+    while dead == 0 && tokio::time::Instant::now() < deadline {
+        projector
+            .process_next_batch(Duration::from_millis(300))
+            .await
+            .unwrap_or_else(|error| panic!("projector failed: {error:#}"));
+        dead = Topology::queue_depth(&channel, &topology.projector_dead_letter_queue())
+            .await
+            .unwrap_or(0);
+    }
+    assert_eq!(
+        dead, 1,
+        "the run should end in the dead-letter queue, whole"
+    );
+    let depth = Topology::queue_depth(&channel, &topology.projector_queue())
+        .await
+        .unwrap_or(u32::MAX);
+    assert_eq!(depth, 0, "nothing is left to redeliver");
+    let (last, applied): (i64, i64) = sqlx::query_as(
+        "SELECT last_sequence, applied_count FROM projection_positions
+          WHERE aggregate_type = 'account' AND aggregate_id = $1",
+    )
+    .bind(user.id.to_string())
+    .fetch_one(&app.pool)
+    .await
+    .unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(
+        (last, applied),
+        (1, 1),
+        "the good event applied exactly once"
+    );
+    let users: i64 = sqlx::query_scalar("SELECT count(*) FROM users WHERE id = $1")
+        .bind(user.id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap_or_default();
+    assert_eq!(users, 1);
+    let poisoned: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM projection_positions WHERE aggregate_id = $1")
+            .bind(poison["aggregate_id"].as_str().unwrap_or_default())
+            .fetch_one(&app.pool)
+            .await
+            .unwrap_or_default();
+    assert_eq!(poisoned, 0, "the poison moved no position");
+}

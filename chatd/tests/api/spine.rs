@@ -89,6 +89,48 @@ async fn drain_projector(projector: &mut Projector, app: &TestApp, streams: i64,
     }
 }
 
+/// A channel on its own connection to the app's broker (keep the connection alive with it).
+async fn broker_channel(app: &TestApp, name: &str) -> (lapin::Connection, lapin::Channel) {
+    let connection = bus::connect(&app.settings.amqp_url, name)
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    let channel = connection
+        .create_channel()
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    (connection, channel)
+}
+
+/// Publishes `body` to the events exchange, persistent, and waits for the broker to take it.
+async fn publish_raw(
+    channel: &lapin::Channel,
+    topology: &Topology,
+    routing_key: &str,
+    body: &[u8],
+) {
+    channel
+        .basic_publish(
+            topology.events_exchange().into(),
+            routing_key.into(),
+            BasicPublishOptions::default(),
+            body,
+            BasicProperties::default().with_delivery_mode(2),
+        )
+        .await
+        .unwrap_or_else(|error| panic!("{error}"))
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+}
+
+/// A well-formed event of a type no handler knows: applying it always fails.
+fn unappliable_event() -> serde_json::Value {
+    json!({
+        "aggregate_type": "account", "aggregate_id": Uuid::now_v7().to_string(), "sequence": 1,
+        "event_type": "AccountExploded", "event_version": "1.0",
+        "payload": {"Exploded": {}}, "metadata": {}
+    })
+}
+
 #[tokio::test]
 async fn relay_and_projector_crashing_mid_batch_apply_every_event_exactly_once() {
     let app = spawn_app_with(fresh_settings(), HTTP_ONLY).await;
@@ -160,13 +202,7 @@ async fn relay_and_projector_crashing_mid_batch_apply_every_event_exactly_once()
 #[tokio::test]
 async fn a_transaction_that_commits_late_is_still_published() {
     let app = spawn_app_with(fresh_settings(), HTTP_ONLY).await;
-    let connection = bus::connect(&app.settings.amqp_url, "test-observer")
-        .await
-        .unwrap_or_else(|error| panic!("{error}"));
-    let channel = connection
-        .create_channel()
-        .await
-        .unwrap_or_else(|error| panic!("{error}"));
+    let (_connection, channel) = broker_channel(&app, "test-observer").await;
     let observer = channel
         .queue_declare(
             "".into(),
@@ -256,34 +292,12 @@ async fn a_transaction_that_commits_late_is_still_published() {
 async fn poison_messages_are_dead_lettered_without_blocking_the_queue() {
     let app = spawn_app().await;
     let topology = Topology::new(&app.settings.namespace);
-    let connection = bus::connect(&app.settings.amqp_url, "test-poisoner")
-        .await
-        .unwrap_or_else(|error| panic!("{error}"));
-    let channel = connection
-        .create_channel()
-        .await
-        .unwrap_or_else(|error| panic!("{error}"));
+    let (_connection, channel) = broker_channel(&app, "test-poisoner").await;
     // One message that is not an event at all, one that is an event nobody can apply.
     let unreadable = b"this is not json".to_vec();
-    let unappliable = serde_json::to_vec(&json!({
-        "aggregate_type": "account", "aggregate_id": Uuid::now_v7().to_string(), "sequence": 1,
-        "event_type": "AccountExploded", "event_version": "1.0",
-        "payload": {"Exploded": {}}, "metadata": {}
-    }))
-    .unwrap_or_default();
+    let unappliable = unappliable_event().to_string().into_bytes();
     for body in [unreadable, unappliable] {
-        channel
-            .basic_publish(
-                topology.events_exchange().into(),
-                "account.Poison".into(),
-                BasicPublishOptions::default(),
-                &body,
-                BasicProperties::default().with_delivery_mode(2),
-            )
-            .await
-            .unwrap_or_else(|error| panic!("{error}"))
-            .await
-            .unwrap_or_else(|error| panic!("{error}"));
+        publish_raw(&channel, &topology, "account.Poison", &body).await;
     }
     // Real traffic behind them still flows.
     app.register_visible("after_poison").await;
@@ -409,13 +423,7 @@ async fn a_database_outage_holds_the_batch_and_dead_letters_nothing() {
         .await
         .unwrap_or_default();
     assert_eq!(applied, 3);
-    let connection = bus::connect(&app.settings.amqp_url, "test-dlq")
-        .await
-        .unwrap_or_else(|error| panic!("{error}"));
-    let channel = connection
-        .create_channel()
-        .await
-        .unwrap_or_else(|error| panic!("{error}"));
+    let (_connection, channel) = broker_channel(&app, "test-dlq").await;
     let dead = Topology::queue_depth(
         &channel,
         &Topology::new(&app.settings.namespace).projector_dead_letter_queue(),
@@ -747,11 +755,7 @@ async fn a_run_with_a_poison_event_applies_the_rest_once_and_is_dead_lettered_wh
     .fetch_one(&app.pool)
     .await
     .unwrap_or_else(|error| panic!("{error}"));
-    let poison = json!({
-        "aggregate_type": "account", "aggregate_id": Uuid::now_v7().to_string(), "sequence": 1,
-        "event_type": "AccountExploded", "event_version": "1.0",
-        "payload": {"Exploded": {}}, "metadata": {}
-    });
+    let poison = unappliable_event();
     let body = format!("[{registered},{poison}]");
     assert_eq!(
         bus::decode_events(body.as_bytes())
@@ -761,29 +765,18 @@ async fn a_run_with_a_poison_event_applies_the_rest_once_and_is_dead_lettered_wh
     );
 
     let topology = Topology::new(&app.settings.namespace);
-    let connection = bus::connect(&app.settings.amqp_url, "test-run")
-        .await
-        .unwrap_or_else(|error| panic!("{error}"));
-    let channel = connection
-        .create_channel()
-        .await
-        .unwrap_or_else(|error| panic!("{error}"));
+    let (_connection, channel) = broker_channel(&app, "test-run").await;
     topology
         .declare(&channel)
         .await
         .unwrap_or_else(|error| panic!("{error}"));
-    channel
-        .basic_publish(
-            topology.events_exchange().into(),
-            bus::EVENTS_ROUTING_KEY.into(),
-            BasicPublishOptions::default(),
-            body.as_bytes(),
-            BasicProperties::default().with_delivery_mode(2),
-        )
-        .await
-        .unwrap_or_else(|error| panic!("{error}"))
-        .await
-        .unwrap_or_else(|error| panic!("{error}"));
+    publish_raw(
+        &channel,
+        &topology,
+        bus::EVENTS_ROUTING_KEY,
+        body.as_bytes(),
+    )
+    .await;
 
     // Each delivery applies the good event (once: later ones are duplicates) and requeues the
     // run for its poison; after the delivery limit the broker dead-letters the whole run.

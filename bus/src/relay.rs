@@ -206,19 +206,14 @@ impl OutboxRelay {
     pub async fn run(mut self, pool: PgPool, shutdown: CancellationToken) {
         let mut backoff = Backoff::default();
         let mut listener: Option<PgListener> = None;
-        let mut last_prune = tokio::time::Instant::now();
+        // Pruned beside publishing, not between two batches: a prune under load takes tens of
+        // milliseconds, and every event committed meanwhile waited for it.
+        let pruning = tokio::spawn(prune_until(pool.clone(), shutdown.clone()));
         while !shutdown.is_cancelled() {
             if listener.is_none() {
                 listener = listen(&pool).await;
             }
             let outcome = self.publish_next_batch().await;
-            // Pruned on a timer whether busy or idle, so a steady load does not grow the outbox.
-            if last_prune.elapsed() > Duration::from_secs(2) {
-                last_prune = tokio::time::Instant::now();
-                if let Err(error) = Self::prune(&pool).await {
-                    tracing::warn!(%error, "pruning the outbox failed");
-                }
-            }
             match outcome {
                 Ok(Processed::Events(_)) => {
                     backoff.reset();
@@ -249,6 +244,21 @@ impl OutboxRelay {
                 () = tokio::time::sleep(Duration::from_millis(500)) => {}
                 () = shutdown.cancelled() => {}
             }
+        }
+        let _ = pruning.await;
+    }
+}
+
+/// Prunes the outbox every 2 s until `shutdown`, whether busy or idle, so a steady load does
+/// not grow it.
+async fn prune_until(pool: PgPool, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(2)) => {}
+            () = shutdown.cancelled() => return,
+        }
+        if let Err(error) = OutboxRelay::prune(&pool).await {
+            tracing::warn!(%error, "pruning the outbox failed");
         }
     }
 }

@@ -827,3 +827,40 @@ async fn a_run_with_a_poison_event_applies_the_rest_once_and_is_dead_lettered_wh
             .unwrap_or_default();
     assert_eq!(poisoned, 0, "the poison moved no position");
 }
+
+/// The relay prunes the outbox beside publishing (every 2 s): once everything is published and
+/// projected the outbox is empty, and events that arrive after a prune still travel.
+#[tokio::test]
+async fn the_outbox_is_pruned_beside_publishing_and_events_keep_flowing() {
+    let app = spawn_app().await;
+    let outboxed = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM outbox")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap_or_else(|error| panic!("{error}"))
+    };
+    for round in 0..2 {
+        let mut users = Vec::new();
+        for index in 0..5 {
+            users.push(app.register(&format!("pruned_{round}_{index}")).await);
+        }
+        // Each user reads itself through the query side: its event was published and projected.
+        for user in &users {
+            let response = app
+                .get(
+                    "/api/v1/users/me",
+                    Some(&user.access_token),
+                    Some(&user.consistency_token),
+                )
+                .await;
+            assert_eq!(response.status(), StatusCode::OK, "round {round}");
+        }
+        let pruned = eventually(Duration::from_secs(10), || async { outboxed().await == 0 }).await;
+        assert!(
+            pruned,
+            "round {round}: the outbox still holds {} rows",
+            outboxed().await
+        );
+    }
+    assert!(app.event_count().await >= 10);
+}

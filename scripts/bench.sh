@@ -49,8 +49,10 @@ runs=(
   "direct-rest-1000|direct --pairs 500 --rate 1000 --seconds $seconds --transport rest"
   "group-100x10|group --groups 10 --members 100 --rate 200 --seconds $seconds --transport ws"
   "group-1000x1|group --groups 1 --members 1000 --rate 20 --seconds $seconds --transport ws"
-  # Fan-out near saturation: 150 messages/s to two 1,000-member groups (about 150,000 frames/s).
-  "group-1000x2-150|group --groups 2 --members 1000 --rate 150 --seconds $seconds --transport ws"
+  # Fan-out above the target: 170 messages/s to two 1,000-member groups offer 170,000 frames/s.
+  # (delivered/s divides by the sending time plus the drain, so an offered 150,000 frames/s
+  # always shows a little less than 150,000.)
+  "group-1000x2-170|group --groups 2 --members 1000 --rate 170 --seconds $seconds --transport ws"
   "reconnect-500|direct --pairs 100 --rate 500 --seconds $seconds --transport rest --reconnect-every-ms 300"
   # Seeds the log, then rebuilds every read model from it and switches (`chatd replay`).
   "rebuild-50000|rebuild --events 50000 --chatd ./target/release/chatd --database-url $DATABASE_URL"

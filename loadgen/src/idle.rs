@@ -83,6 +83,12 @@ pub struct ServerFigures {
     pub rss_per_connection_kib: Option<f64>,
     /// Share of one core it used while the connections idled.
     pub idle_cpu_percent: Option<f64>,
+    /// Its connections the broadcast reached, and when (ms after the send): the router's own
+    /// node first, the others after the forward through their queues.
+    pub broadcast_reached: usize,
+    pub broadcast_first_ms: Option<f64>,
+    pub broadcast_p50_ms: Option<f64>,
+    pub broadcast_max_ms: Option<f64>,
 }
 
 /// One loadgen process (0 is the one that was started; it does the setup).
@@ -365,21 +371,27 @@ pub async fn run(api: &Api, idle: &Idle) -> anyhow::Result<IdleReport> {
     drop(holding);
 
     let mut latencies_ms: Vec<f64> = Vec::new();
+    let mut node_latencies_ms: Vec<Vec<f64>> = vec![Vec::new(); nodes.len()];
     for (process, report) in &arrivals {
         figures[*process].broadcast_reached = report.arrivals_unix_ns.len();
         figures[*process].closed = report.closed;
-        latencies_ms.extend(
-            report
-                .arrivals_unix_ns
-                .iter()
-                .map(|at| at.saturating_sub(sent_unix_ns) as f64 / 1e6),
-        );
+        for (index, at) in report.arrivals_unix_ns.iter().enumerate() {
+            let latency_ms = at.saturating_sub(sent_unix_ns) as f64 / 1e6;
+            latencies_ms.push(latency_ms);
+            if let Some(node) = report
+                .arrival_nodes
+                .get(index)
+                .and_then(|node| node_latencies_ms.get_mut(*node))
+            {
+                node.push(latency_ms);
+            }
+        }
     }
     latencies_ms.sort_by(f64::total_cmp);
-    let percentile = |quantile: f64| -> Option<f64> {
-        let rank = (quantile * latencies_ms.len() as f64).ceil() as usize;
-        latencies_ms.get(rank.max(1) - 1).copied()
-    };
+    for node in &mut node_latencies_ms {
+        node.sort_by(f64::total_cmp);
+    }
+    let percentile = |quantile: f64| -> Option<f64> { percentile_of(&latencies_ms, quantile) };
 
     let first_per_node = &first.opened_per_node;
     let servers: Vec<ServerFigures> = nodes
@@ -404,6 +416,10 @@ pub async fn run(api: &Api, idle: &Idle) -> anyhow::Result<IdleReport> {
                     ticks_after[index],
                     idle_seconds,
                 ),
+                broadcast_reached: node_latencies_ms[index].len(),
+                broadcast_first_ms: node_latencies_ms[index].first().copied(),
+                broadcast_p50_ms: percentile_of(&node_latencies_ms[index], 0.5),
+                broadcast_max_ms: node_latencies_ms[index].last().copied(),
             }
         })
         .collect();
@@ -503,6 +519,23 @@ impl IdleReport {
             decimal(self.broadcast_p99_ms),
             self.broadcast_max_ms,
         ));
+        if self.servers.len() > 1 {
+            lines.push(String::new());
+            lines.push(
+                "| server process | broadcast reached | first ms | p50 ms | max ms |".to_owned(),
+            );
+            lines.push("|---|---|---|---|---|".to_owned());
+            for server in &self.servers {
+                lines.push(format!(
+                    "| {} | {} | {} | {} | {} |",
+                    server.url,
+                    server.broadcast_reached,
+                    decimal(server.broadcast_first_ms),
+                    decimal(server.broadcast_p50_ms),
+                    decimal(server.broadcast_max_ms),
+                ));
+            }
+        }
         if self.processes.len() > 1 || self.failed_connections > 0 {
             lines.push(String::new());
             lines.push(
@@ -609,6 +642,12 @@ fn nodes(api: &Api, idle: &Idle) -> anyhow::Result<Vec<Node>> {
 }
 
 /// `total` split into `parts` counts that differ by at most one.
+/// The value at `quantile` of sorted `values` (nearest rank).
+fn percentile_of(values: &[f64], quantile: f64) -> Option<f64> {
+    let rank = (quantile * values.len() as f64).ceil() as usize;
+    values.get(rank.max(1) - 1).copied()
+}
+
 fn split(total: usize, parts: usize) -> Vec<usize> {
     (0..parts)
         .map(|part| total / parts + usize::from(part < total % parts))

@@ -65,6 +65,8 @@ impl Connected {
 pub struct Arrivals {
     /// Wall-clock arrival of the broadcast on each socket it reached (Unix ns).
     pub arrivals_unix_ns: Vec<u64>,
+    /// The node (index into `Share::ws_urls`) of each arrival's socket, in the same order.
+    pub arrival_nodes: Vec<usize>,
     /// Sockets that closed without receiving it.
     pub closed: usize,
     /// Sockets still open that had not received it when the wait ended.
@@ -72,7 +74,7 @@ pub struct Arrivals {
 }
 
 enum SocketEvent {
-    Arrived(u64),
+    Arrived(u64, usize),
     Closed,
 }
 
@@ -88,6 +90,7 @@ pub struct Holding {
     events: mpsc::UnboundedReceiver<SocketEvent>,
     readers: Vec<JoinHandle<()>>,
     arrivals: Vec<u64>,
+    arrival_nodes: Vec<usize>,
     closed: usize,
 }
 
@@ -100,6 +103,7 @@ impl Holding {
             events,
             readers: Vec::new(),
             arrivals: Vec::new(),
+            arrival_nodes: Vec::new(),
             closed: 0,
         }
     }
@@ -157,7 +161,7 @@ impl Holding {
             match tokio::time::timeout_at(deadline.into(), attempts.next()).await {
                 Ok(Some((node, Ok(socket)))) => {
                     connected.opened_per_node[node] += 1;
-                    self.watch(socket);
+                    self.watch(socket, node);
                 }
                 Ok(Some((_, Err(error)))) => {
                     connected.failed += 1;
@@ -184,7 +188,10 @@ impl Holding {
     pub async fn collect(&mut self, deadline: Instant) -> Arrivals {
         while self.arrivals.len() + self.closed < self.readers.len() {
             match tokio::time::timeout_at(deadline.into(), self.events.recv()).await {
-                Ok(Some(SocketEvent::Arrived(at))) => self.arrivals.push(at),
+                Ok(Some(SocketEvent::Arrived(at, node))) => {
+                    self.arrivals.push(at);
+                    self.arrival_nodes.push(node);
+                }
                 Ok(Some(SocketEvent::Closed)) => self.closed += 1,
                 // The sender half lives in `self`: the channel cannot close.
                 Ok(None) | Err(_) => break,
@@ -192,13 +199,14 @@ impl Holding {
         }
         Arrivals {
             arrivals_unix_ns: self.arrivals.clone(),
+            arrival_nodes: self.arrival_nodes.clone(),
             closed: self.closed,
             missing: self.readers.len() - self.arrivals.len() - self.closed,
         }
     }
 
     /// Reads the socket until it closes: pings get their pongs, the broadcast is timed.
-    fn watch(&mut self, mut socket: Socket) {
+    fn watch(&mut self, mut socket: Socket, node: usize) {
         let events = self.sender.clone();
         let broadcast_text = self.broadcast_text.clone();
         self.readers.push(tokio::spawn(async move {
@@ -210,7 +218,7 @@ impl Holding {
                     && text.contains(&*broadcast_text)
                 {
                     arrived = true;
-                    let _ = events.send(SocketEvent::Arrived(unix_ns()));
+                    let _ = events.send(SocketEvent::Arrived(unix_ns(), node));
                 }
             }
             if !arrived {

@@ -27,9 +27,13 @@ pub struct Addressed {
 }
 
 impl Delivery {
-    /// Delivers every frame, in order per user: locally at once, and one message per other
-    /// node holding a recipient, confirmed by the broker. A node whose queue is gone has died;
+    /// Delivers every frame, in order per user: one message per other node holding a
+    /// recipient, confirmed by the broker, and locally. A node whose queue is gone has died;
     /// its clients resume from their cursors.
+    ///
+    /// The other nodes' messages are published before the local connections are handed their
+    /// frames: once they are, this node's runtime is busy with those connections' writes, and
+    /// a publish queued behind them would leave the other nodes idle until they are done.
     pub async fn deliver(&self, frames: Vec<Addressed>) -> anyhow::Result<()> {
         let mut recipients: Vec<Uuid> = frames.iter().map(|frame| frame.user_id).collect();
         recipients.sort();
@@ -37,7 +41,7 @@ impl Delivery {
         let nodes = self.user_map.nodes_of(&recipients).await?;
         let nodes: HashMap<Uuid, _> = recipients.into_iter().zip(nodes).collect();
         let mut remote: HashMap<Uuid, Vec<NodeFrame>> = HashMap::new();
-        for frame in frames {
+        for frame in &frames {
             for node in nodes.get(&frame.user_id).into_iter().flatten() {
                 if *node != self.user_map.node_id {
                     remote.entry(*node).or_default().push(NodeFrame {
@@ -47,18 +51,22 @@ impl Delivery {
                     });
                 }
             }
+        }
+        let forwarded = self.forward(remote).await?;
+        for frame in frames {
             let outbound = Outbound {
                 cursor: frame.cursor.as_deref().and_then(Cursor::parse),
                 text: frame.text,
             };
             self.hub.deliver(frame.user_id, &outbound);
         }
-        self.forward(remote).await
+        forwarded.confirmed().await
     }
 
-    async fn forward(&self, remote: HashMap<Uuid, Vec<NodeFrame>>) -> anyhow::Result<()> {
+    /// Publishes each node's batch; what it returns waits for the broker's confirms.
+    async fn forward(&self, remote: HashMap<Uuid, Vec<NodeFrame>>) -> anyhow::Result<Forwarded> {
         if remote.is_empty() {
-            return Ok(());
+            return Ok(Forwarded::default());
         }
         let channel = self.amqp.channel().await?;
         channel
@@ -78,10 +86,28 @@ impl Delivery {
                 .await?;
             confirms.push(confirm);
         }
-        for confirm in confirms {
+        Ok(Forwarded {
+            channel: Some(channel),
+            confirms,
+        })
+    }
+}
+
+/// Batches published to other nodes, not yet confirmed.
+#[derive(Default)]
+struct Forwarded {
+    channel: Option<lapin::Channel>,
+    confirms: Vec<lapin::PublisherConfirm>,
+}
+
+impl Forwarded {
+    async fn confirmed(self) -> anyhow::Result<()> {
+        for confirm in self.confirms {
             confirm.await?;
         }
-        let _ = channel.close(200, "forwarded".into()).await;
+        if let Some(channel) = self.channel {
+            let _ = channel.close(200, "forwarded".into()).await;
+        }
         Ok(())
     }
 }

@@ -134,7 +134,15 @@ async fn serve_connection(
         tracing::debug!(%error, %connection_id, "websocket closed");
     }
     state.hub.unregister(user_id, connection_id);
-    if let Err(error) = Box::pin(state.delivery.user_map.remove(user_id, connection_id)).await {
+    let last_here = !state.hub.is_connected(user_id);
+    if let Err(error) = Box::pin(
+        state
+            .delivery
+            .user_map
+            .remove(user_id, connection_id, last_here),
+    )
+    .await
+    {
         tracing::warn!(%error, "could not remove a connection from the user map; it expires");
     }
     if let Err(error) = Box::pin(presence::went_offline(&state, user_id)).await {

@@ -349,6 +349,12 @@ impl App {
                 self.hub.clone(),
                 shutdown.clone(),
             ));
+            loops.spawn(socket_push::upkeep::run(
+                self.hub.clone(),
+                self.user_map(),
+                self.authenticator.revocations.clone(),
+                shutdown.clone(),
+            ));
             loops.spawn(socket_push::node::run(
                 self.settings.amqp_url.clone(),
                 self.settings.namespace.clone(),

@@ -97,6 +97,34 @@ impl Revocations {
         Ok(())
     }
 
+    /// Which of these tokens (`(jti, sid)` pairs) were revoked, alone or with their session:
+    /// [`Self::check`] for many connections in one round trip.
+    pub async fn revoked_among(
+        &self,
+        tokens: &[(Uuid, Uuid)],
+    ) -> Result<Vec<bool>, RevocationError> {
+        if tokens.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut keys = Vec::with_capacity(1 + 2 * tokens.len());
+        keys.push(self.loaded_key());
+        for (jti, sid) in tokens {
+            keys.push(self.token_key(*jti));
+            keys.push(self.session_key(*sid));
+        }
+        let mut found = self.read_keys(&keys).await?;
+        if found.first().is_none_or(Option::is_none) {
+            self.reload().await?;
+            found = self.read_keys(&keys).await?;
+        }
+        Ok(found
+            .get(1..)
+            .unwrap_or_default()
+            .chunks(2)
+            .map(|pair| pair.iter().any(Option::is_some))
+            .collect())
+    }
+
     /// One MGET. A read is safe to repeat, so a link that broke since the last command (the
     /// connection manager reconnects on the next one) costs a retry, not a failed request.
     async fn read_keys(&self, keys: &[String]) -> Result<Vec<Option<String>>, RevocationError> {

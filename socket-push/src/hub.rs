@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -50,6 +51,18 @@ struct Entry {
     sender: mpsc::Sender<Outbound>,
     kick: CancellationToken,
     close_code: Arc<AtomicU16>,
+    /// When the node's upkeep next refreshes this connection (see [`crate::upkeep`]).
+    upkeep_due: Instant,
+}
+
+/// A connection the upkeep refreshes: its user-map entry, and its token checked against the
+/// revoked set.
+#[derive(Clone, Copy, Debug)]
+pub struct Upkeep {
+    pub user_id: Uuid,
+    pub connection_id: Uuid,
+    pub token_id: Uuid,
+    pub session_id: Uuid,
 }
 
 impl Entry {
@@ -84,6 +97,8 @@ impl Registration {
 pub struct Hub {
     connections: Mutex<HashMap<Uuid, Vec<Entry>>>,
     queue_capacity: usize,
+    /// How long after registering (and after each upkeep) a connection's upkeep is due.
+    upkeep_every: Duration,
 }
 
 impl Default for Hub {
@@ -97,7 +112,14 @@ impl Hub {
         Self {
             connections: Mutex::new(HashMap::new()),
             queue_capacity: queue_capacity.max(1),
+            upkeep_every: crate::HEARTBEAT,
         }
+    }
+
+    /// A hub whose connections are due for upkeep this often (tests use a short one).
+    pub fn with_upkeep_every(mut self, every: Duration) -> Self {
+        self.upkeep_every = every;
+        self
     }
 
     /// Registers a connection of `user_id` opened with the token `token_id` of session
@@ -114,6 +136,8 @@ impl Hub {
             sender,
             kick: kicked.clone(),
             close_code: close_code.clone(),
+            // The connection adds its own entry to the user map as it opens.
+            upkeep_due: Instant::now() + self.upkeep_every,
         };
         if let Ok(mut connections) = self.connections.lock() {
             connections.entry(user_id).or_default().push(entry);
@@ -162,6 +186,67 @@ impl Hub {
                 entry.kick(REVOKED);
             }
         }
+    }
+
+    /// Up to `limit` connections whose upkeep is due at `now`; each is then due again a period
+    /// later. What is over the limit stays due for the next pass, which spreads connections
+    /// opened together over several passes.
+    pub fn take_due(&self, now: Instant, limit: usize) -> Vec<Upkeep> {
+        let Ok(mut connections) = self.connections.lock() else {
+            return Vec::new();
+        };
+        let mut due = Vec::new();
+        for (user_id, entries) in connections.iter_mut() {
+            for entry in entries.iter_mut() {
+                if due.len() >= limit {
+                    return due;
+                }
+                if entry.upkeep_due <= now {
+                    entry.upkeep_due = now + self.upkeep_every;
+                    due.push(Upkeep {
+                        user_id: *user_id,
+                        connection_id: entry.connection_id,
+                        token_id: entry.token_id,
+                        session_id: entry.session_id,
+                    });
+                }
+            }
+        }
+        due
+    }
+
+    /// Closes one connection with `code`.
+    pub fn kick_connection(&self, user_id: Uuid, connection_id: Uuid, code: u16) {
+        let Ok(connections) = self.connections.lock() else {
+            return;
+        };
+        for entry in connections.get(&user_id).into_iter().flatten() {
+            if entry.connection_id == connection_id {
+                entry.kick(code);
+            }
+        }
+    }
+
+    /// How many connections this node holds.
+    pub fn connection_count(&self) -> usize {
+        self.connections
+            .lock()
+            .map(|connections| connections.values().map(Vec::len).sum())
+            .unwrap_or(0)
+    }
+
+    /// Whether this connection is still registered here.
+    pub fn is_registered(&self, user_id: Uuid, connection_id: Uuid) -> bool {
+        self.connections
+            .lock()
+            .map(|connections| {
+                connections.get(&user_id).is_some_and(|entries| {
+                    entries
+                        .iter()
+                        .any(|entry| entry.connection_id == connection_id)
+                })
+            })
+            .unwrap_or(false)
     }
 
     /// Whether `user_id` has a connection on this node.

@@ -10,6 +10,8 @@
 //! - [`presence`]: online/offline announcements to the users who share a conversation.
 //! - [`push`]: the push router: recipients of each event, their inboxes (cursors), delivery.
 //! - [`revocations`]: closes revoked connections (4001) as revocations are announced.
+//! - [`upkeep`]: refreshes the connections' user-map entries and checks their tokens, in
+//!   batches, once per heartbeat period.
 //! - [`node`]: this node's queue, through which routers on other nodes reach its connections.
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
@@ -31,6 +33,7 @@ pub mod node;
 pub mod presence;
 pub mod push;
 pub mod revocations;
+pub mod upkeep;
 
 use hub::{Cursor, Hub, Outbound};
 
@@ -221,14 +224,9 @@ async fn run_connection(
                 return Ok(());
             }
             _ = heartbeat.tick() => {
-                // A revocation announced while this node was not listening is caught here.
-                if let Err(sessions::RevocationError::Revoked) = Box::pin(state.authenticator.revocations.check(&caller.claims)).await {
-                    let close = CloseFrame { code: hub::REVOKED, reason: "token revoked".into() };
-                    let _ = socket.send(Message::Close(Some(close))).await;
-                    return Ok(());
-                }
+                // The user-map entry and the revocation check are the node's upkeep, batched
+                // over its connections (`upkeep`).
                 socket.send(Message::Ping(Vec::new().into())).await?;
-                Box::pin(state.delivery.user_map.touch(caller.user_id, registration.connection_id)).await?;
             }
             outbound = registration.outbound.recv() => {
                 let Some(first) = outbound else { return Ok(()) };

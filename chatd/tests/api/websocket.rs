@@ -1111,3 +1111,92 @@ async fn a_push_router_that_crashes_mid_batch_pushes_each_event_once_in_order() 
         "each message once, in order, in Bob's inbox"
     );
 }
+
+/// The node's upkeep, on the real Redis and Postgres: one pass refreshes the user-map entry
+/// and node of every connection due, closes (4001) the ones whose session was revoked while
+/// nobody announced it to this node, and leaves the rest alone until a period later.
+#[tokio::test]
+async fn the_upkeep_refreshes_connections_and_closes_the_revoked_ones() {
+    use socket_push::hub::{Hub, REVOKED};
+    use std::collections::HashSet;
+    use std::time::Instant;
+    use uuid::Uuid;
+    let app = spawn_app().await;
+    let redis = sessions::redis_connect(&app.settings.redis_url)
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    let revocations = sessions::Revocations::new(
+        redis.clone(),
+        app.pool.clone(),
+        &app.settings.namespace,
+        Duration::from_secs(900),
+    );
+    let node_id = Uuid::now_v7();
+    let user_map = sessions::user_map::UserMap {
+        redis,
+        namespace: app.settings.namespace.clone(),
+        node_id,
+    };
+    let period = Duration::from_secs(3600);
+    let hub = Hub::default().with_upkeep_every(period);
+    let user_id = Uuid::now_v7();
+    let (kept_session, revoked_session) = (Uuid::now_v7(), Uuid::now_v7());
+    let kept = hub.register(user_id, Uuid::now_v7(), kept_session);
+    let revoked = hub.register(user_id, Uuid::now_v7(), revoked_session);
+    // Revoked in Redis; this hub hears no announcement (it has no listener).
+    revocations
+        .publish_revoked_sessions(&[revoked_session])
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    let live = |user_map: sessions::user_map::UserMap| async move {
+        user_map
+            .live_connections(user_id)
+            .await
+            .unwrap_or_else(|error| panic!("{error}"))
+    };
+    assert_eq!(live(user_map.clone()).await, 0, "nothing was written yet");
+
+    // Not due yet: a pass now does nothing.
+    let pass = |at: Instant| socket_push::upkeep::pass(&hub, &user_map, &revocations, at);
+    assert_eq!(pass(Instant::now()).await, 0);
+    assert!(!revoked.kicked.is_cancelled());
+
+    let due_at = Instant::now() + period;
+    assert_eq!(pass(due_at).await, 2);
+    assert!(revoked.kicked.is_cancelled(), "the revoked session's socket is kicked");
+    assert_eq!(revoked.close_code(), REVOKED);
+    assert!(!kept.kicked.is_cancelled(), "the other session's socket stays");
+    assert_eq!(live(user_map.clone()).await, 2);
+    let nodes = user_map
+        .nodes_of(&[user_id])
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(nodes, vec![HashSet::from([node_id])]);
+    // Each is due again a period after its refresh, not before.
+    assert_eq!(pass(due_at).await, 0);
+
+    // The user's nodes follow the connections: the node stays while one is left here.
+    hub.unregister(user_id, revoked.connection_id);
+    user_map
+        .remove(user_id, revoked.connection_id, true)
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    let nodes_now = || async {
+        user_map
+            .nodes_of(&[user_id])
+            .await
+            .unwrap_or_else(|error| panic!("{error}"))
+    };
+    assert_eq!(
+        nodes_now().await,
+        vec![HashSet::from([node_id])],
+        "Redis still holds a live entry of this node, so the node stays"
+    );
+    hub.unregister(user_id, kept.connection_id);
+    user_map
+        .remove(user_id, kept.connection_id, true)
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(nodes_now().await, vec![HashSet::new()]);
+    assert_eq!(live(user_map.clone()).await, 0);
+}

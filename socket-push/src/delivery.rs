@@ -1,11 +1,12 @@
 //! Getting frames to users wherever they are connected: this node's connections directly,
 //! other nodes' through their queues (found in the user map).
 
+use axum::extract::ws::Utf8Bytes;
 use std::collections::HashMap;
 use std::sync::Arc;
 use uuid::Uuid;
 
-use crate::hub::{Cursor, Hub, Outbound};
+use crate::hub::{Hub, Outbound};
 use crate::node::{NodeBatch, NodeFrame, queue_name};
 use sessions::user_map::UserMap;
 
@@ -18,12 +19,13 @@ pub struct Delivery {
     pub namespace: String,
 }
 
-/// One frame for one user; `cursor` is set on `event` frames. Frames that are the same for
-/// many users share one text.
+/// One frame for one user. Frames that are the same for many users share one text; on an
+/// `event` frame `cursor` is the user's inbox id, spliced into their copy as it is handed to
+/// their connections (here, or on the node that holds them: the text crosses once per node).
 pub struct Addressed {
     pub user_id: Uuid,
     pub cursor: Option<String>,
-    pub text: Arc<str>,
+    pub text: Utf8Bytes,
 }
 
 impl Delivery {
@@ -40,31 +42,26 @@ impl Delivery {
         recipients.dedup();
         let nodes = self.user_map.nodes_of(&recipients).await?;
         let nodes: HashMap<Uuid, _> = recipients.into_iter().zip(nodes).collect();
-        let mut remote: HashMap<Uuid, Vec<NodeFrame>> = HashMap::new();
+        let mut remote: HashMap<Uuid, RemoteBatch> = HashMap::new();
         for frame in &frames {
             for node in nodes.get(&frame.user_id).into_iter().flatten() {
                 if *node != self.user_map.node_id {
-                    remote.entry(*node).or_default().push(NodeFrame {
-                        user_id: frame.user_id,
-                        cursor: frame.cursor.clone(),
-                        text: frame.text.to_string(),
-                    });
+                    remote.entry(*node).or_default().push(frame);
                 }
             }
         }
         let forwarded = self.forward(remote).await?;
-        for frame in frames {
-            let outbound = Outbound {
-                cursor: frame.cursor.as_deref().and_then(Cursor::parse),
-                text: frame.text,
-            };
-            self.hub.deliver(frame.user_id, &outbound);
+        for frame in &frames {
+            self.hub.deliver(
+                frame.user_id,
+                &Outbound::for_user(&frame.text, frame.cursor.as_deref()),
+            );
         }
         forwarded.confirmed().await
     }
 
     /// Publishes each node's batch; what it returns waits for the broker's confirms.
-    async fn forward(&self, remote: HashMap<Uuid, Vec<NodeFrame>>) -> anyhow::Result<Forwarded> {
+    async fn forward(&self, remote: HashMap<Uuid, RemoteBatch>) -> anyhow::Result<Forwarded> {
         if remote.is_empty() {
             return Ok(Forwarded::default());
         }
@@ -73,8 +70,8 @@ impl Delivery {
             .confirm_select(lapin::options::ConfirmSelectOptions::default())
             .await?;
         let mut confirms = Vec::with_capacity(remote.len());
-        for (node, frames) in remote {
-            let body = serde_json::to_vec(&NodeBatch { frames })?;
+        for (node, batch) in remote {
+            let body = serde_json::to_vec(&batch.batch)?;
             let confirm = channel
                 .basic_publish(
                     "".into(),
@@ -90,6 +87,33 @@ impl Delivery {
             channel: Some(channel),
             confirms,
         })
+    }
+}
+
+/// One node's frames, each distinct text once.
+#[derive(Default)]
+struct RemoteBatch {
+    batch: NodeBatch,
+    /// Where each text (by address: frames that share one share its allocation) is in
+    /// `batch.texts`.
+    texts: HashMap<usize, usize>,
+}
+
+impl RemoteBatch {
+    fn push(&mut self, frame: &Addressed) {
+        let texts = &mut self.batch.texts;
+        let text = *self
+            .texts
+            .entry(frame.text.as_str().as_ptr() as usize)
+            .or_insert_with(|| {
+                texts.push(frame.text.as_str().to_owned());
+                texts.len() - 1
+            });
+        self.batch.frames.push(NodeFrame {
+            user_id: frame.user_id,
+            cursor: frame.cursor.clone(),
+            text,
+        });
     }
 }
 

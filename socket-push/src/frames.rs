@@ -4,6 +4,7 @@
 
 use crate::PushState;
 use crate::delivery::Addressed;
+use axum::extract::ws::Utf8Bytes;
 use command_api::calls::CallAction;
 use command_api::conversations::{ReceiptsRequest, SendMessageRequest};
 use domain::call::CallMedia;
@@ -343,7 +344,7 @@ async fn relay_signal(
     if from == to || !participant(from) || !participant(to) {
         return Err(not_a_participant());
     }
-    let text: std::sync::Arc<str> =
+    let text: Utf8Bytes =
         json!({"type": "call.signal", "call_id": call_id, "from_user_id": from, "signal": signal})
             .to_string()
             .into();
@@ -393,7 +394,7 @@ async fn relay_typing(
     if admitted.is_none() {
         return Ok(());
     }
-    let text: std::sync::Arc<str> =
+    let text: Utf8Bytes =
         json!({"type": "typing", "conversation_id": conversation_id, "user_id": user_id})
             .to_string()
             .into();

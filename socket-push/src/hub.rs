@@ -2,6 +2,7 @@
 //! connection whose queue is full is kicked (closed with 4008) instead of growing memory or
 //! silently missing frames.
 
+use axum::extract::ws::Utf8Bytes;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
@@ -32,12 +33,30 @@ impl std::fmt::Display for Cursor {
     }
 }
 
-/// One frame on its way to a connection.
+/// One frame on its way to a connection. The text is shared by every connection it goes to
+/// (a clone is a reference count), and is written to each socket as it is.
 #[derive(Clone, Debug)]
 pub struct Outbound {
     /// Set on `event` frames: lets a resuming connection drop what its replay already sent.
     pub cursor: Option<Cursor>,
-    pub text: Arc<str>,
+    pub text: Utf8Bytes,
+}
+
+impl Outbound {
+    /// A frame as one user's connections get it: an `event` frame's `text` with that user's
+    /// inbox `cursor` spliced in; any other frame as it is.
+    pub fn for_user(text: &Utf8Bytes, cursor: Option<&str>) -> Self {
+        match cursor {
+            Some(cursor) => Self {
+                cursor: Cursor::parse(cursor),
+                text: Utf8Bytes::from(crate::push::with_cursor(text.as_str(), cursor)),
+            },
+            None => Self {
+                cursor: None,
+                text: text.clone(),
+            },
+        }
+    }
 }
 
 /// Close codes a connection can be kicked with.

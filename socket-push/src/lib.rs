@@ -317,7 +317,8 @@ async fn send_queued(
             None => true,
         };
         if fresh {
-            socket.feed(Message::Text(text.as_ref().into())).await?;
+            // The text is shared with every other connection it goes to: no copy here.
+            socket.feed(Message::Text(text)).await?;
             written += 1;
         }
         if written < FRAMES_PER_FLUSH {

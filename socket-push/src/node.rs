@@ -11,19 +11,25 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::hub::{Cursor, Hub, Outbound};
+use crate::hub::{Hub, Outbound};
+use axum::extract::ws::Utf8Bytes;
 
-/// One batch of frames for the connections of one node.
-#[derive(Serialize, Deserialize)]
+/// One batch of frames for the connections of one node: each distinct text once (a message
+/// to a 1,000-member group is one text and 1,000 cursors, not 1,000 copies of it).
+#[derive(Serialize, Deserialize, Default)]
 pub struct NodeBatch {
+    /// The frames' texts, without cursors.
+    pub texts: Vec<String>,
     pub frames: Vec<NodeFrame>,
 }
 
 #[derive(Serialize, Deserialize)]
 pub struct NodeFrame {
     pub user_id: Uuid,
+    /// The user's inbox id, for `event` frames: spliced into the text for this user.
     pub cursor: Option<String>,
-    pub text: String,
+    /// Index into `NodeBatch::texts`.
+    pub text: usize,
 }
 
 pub fn queue_name(namespace: &str, node_id: Uuid) -> String {
@@ -84,12 +90,16 @@ async fn consume(amqp_url: &str, namespace: &str, node_id: Uuid, hub: &Hub) -> a
             tracing::error!("unreadable node batch dropped");
             continue;
         };
+        let texts: Vec<Utf8Bytes> = batch.texts.into_iter().map(Utf8Bytes::from).collect();
         for frame in batch.frames {
-            let outbound = Outbound {
-                cursor: frame.cursor.as_deref().and_then(Cursor::parse),
-                text: Arc::from(frame.text),
+            let Some(text) = texts.get(frame.text) else {
+                tracing::error!("a node frame names a text its batch does not hold; dropped");
+                continue;
             };
-            hub.deliver(frame.user_id, &outbound);
+            hub.deliver(
+                frame.user_id,
+                &Outbound::for_user(text, frame.cursor.as_deref()),
+            );
         }
     }
     anyhow::bail!("the broker closed this node's queue")

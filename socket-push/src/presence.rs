@@ -46,7 +46,7 @@ async fn announce(
     .bind(user_id)
     .fetch_all(&state.commands.pool)
     .await?;
-    let text: std::sync::Arc<str> = json!({"type": "presence", "user_id": user_id, "online": online, "last_seen_at": last_seen_at}).to_string().into();
+    let text: axum::extract::ws::Utf8Bytes = json!({"type": "presence", "user_id": user_id, "online": online, "last_seen_at": last_seen_at}).to_string().into();
     let frames = contacts
         .into_iter()
         .map(|contact| Addressed {

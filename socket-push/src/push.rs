@@ -4,6 +4,7 @@
 //! it to their connections.
 
 use async_trait::async_trait;
+use axum::extract::ws::Utf8Bytes;
 use bus::{EventMessage, Topology};
 use cqrs_es::Aggregate;
 use domain::UserId;
@@ -140,9 +141,9 @@ impl projector::Handler for PushRouter {
         // per push (twice when the sender, who sees its `status`, is among the recipients);
         // each recipient's copy only has its cursor spliced in.
         let mut pipeline = redis::pipe();
-        let mut frames: Vec<(Uuid, Arc<str>)> = Vec::new();
+        let mut frames: Vec<(Uuid, Utf8Bytes)> = Vec::new();
         for push in &pushes {
-            let text: Arc<str> = Arc::from(push.frame.to_string());
+            let text = Utf8Bytes::from(push.frame.to_string());
             let sender_text = push
                 .sender_id
                 .filter(|sender| push.recipients.contains(sender))
@@ -153,7 +154,7 @@ impl projector::Handler for PushRouter {
                         return None;
                     }
                     data["status"] = json!("sent");
-                    Some(Arc::<str>::from(frame.to_string()))
+                    Some(Utf8Bytes::from(frame.to_string()))
                 });
             for recipient in &push.recipients {
                 let text = match &sender_text {
@@ -168,7 +169,7 @@ impl projector::Handler for PushRouter {
                     .arg(INBOX_LENGTH)
                     .arg("*")
                     .arg("f")
-                    .arg(text.as_bytes());
+                    .arg(text.as_str().as_bytes());
                 frames.push((*recipient, text.clone()));
             }
         }
@@ -191,9 +192,9 @@ impl projector::Handler for PushRouter {
         let addressed = frames
             .into_iter()
             .zip(ids)
-            .map(|((user_id, frame), id)| Addressed {
+            .map(|((user_id, text), id)| Addressed {
                 user_id,
-                text: with_cursor(&frame, &id).into(),
+                text,
                 cursor: Some(id),
             })
             .collect();

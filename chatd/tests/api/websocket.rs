@@ -1163,9 +1163,15 @@ async fn the_upkeep_refreshes_connections_and_closes_the_revoked_ones() {
 
     let due_at = Instant::now() + period;
     assert_eq!(pass(due_at).await, 2);
-    assert!(revoked.kicked.is_cancelled(), "the revoked session's socket is kicked");
+    assert!(
+        revoked.kicked.is_cancelled(),
+        "the revoked session's socket is kicked"
+    );
     assert_eq!(revoked.close_code(), REVOKED);
-    assert!(!kept.kicked.is_cancelled(), "the other session's socket stays");
+    assert!(
+        !kept.kicked.is_cancelled(),
+        "the other session's socket stays"
+    );
     assert_eq!(live(user_map.clone()).await, 2);
     let nodes = user_map
         .nodes_of(&[user_id])

@@ -37,6 +37,8 @@ pub struct SharedConnection {
     amqp_url: String,
     name: String,
     connection: tokio::sync::Mutex<Option<Connection>>,
+    /// A channel in confirm mode kept open for publishing (see [`Self::confirm_channel`]).
+    publishing: tokio::sync::Mutex<Option<lapin::Channel>>,
 }
 
 impl SharedConnection {
@@ -45,7 +47,26 @@ impl SharedConnection {
             amqp_url: amqp_url.to_owned(),
             name: name.to_owned(),
             connection: tokio::sync::Mutex::new(None),
+            publishing: tokio::sync::Mutex::new(None),
         }
+    }
+
+    /// The shared channel in confirm mode, opened on first use and again after it broke:
+    /// publishing on it costs no channel open, confirm-select and close round trips per use.
+    /// Publishes from many tasks may share it; each awaits its own confirm.
+    pub async fn confirm_channel(&self) -> anyhow::Result<lapin::Channel> {
+        let mut publishing = self.publishing.lock().await;
+        if let Some(channel) = publishing.as_ref()
+            && channel.status().connected()
+        {
+            return Ok(channel.clone());
+        }
+        let channel = self.channel().await?;
+        channel
+            .confirm_select(lapin::options::ConfirmSelectOptions::default())
+            .await?;
+        *publishing = Some(channel.clone());
+        Ok(channel)
     }
 
     /// A fresh channel on the shared connection; close it when done.

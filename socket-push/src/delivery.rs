@@ -65,10 +65,7 @@ impl Delivery {
         if remote.is_empty() {
             return Ok(Forwarded::default());
         }
-        let channel = self.amqp.channel().await?;
-        channel
-            .confirm_select(lapin::options::ConfirmSelectOptions::default())
-            .await?;
+        let channel = self.amqp.confirm_channel().await?;
         let mut confirms = Vec::with_capacity(remote.len());
         for (node, batch) in remote {
             let body = serde_json::to_vec(&batch.batch)?;
@@ -83,10 +80,7 @@ impl Delivery {
                 .await?;
             confirms.push(confirm);
         }
-        Ok(Forwarded {
-            channel: Some(channel),
-            confirms,
-        })
+        Ok(Forwarded { confirms })
     }
 }
 
@@ -120,7 +114,6 @@ impl RemoteBatch {
 /// Batches published to other nodes, not yet confirmed.
 #[derive(Default)]
 struct Forwarded {
-    channel: Option<lapin::Channel>,
     confirms: Vec<lapin::PublisherConfirm>,
 }
 
@@ -128,9 +121,6 @@ impl Forwarded {
     async fn confirmed(self) -> anyhow::Result<()> {
         for confirm in self.confirms {
             confirm.await?;
-        }
-        if let Some(channel) = self.channel {
-            let _ = channel.close(200, "forwarded".into()).await;
         }
         Ok(())
     }

@@ -54,7 +54,7 @@ impl Delivery {
         for frame in &frames {
             self.hub.deliver(
                 frame.user_id,
-                &Outbound::for_user(&frame.text, frame.cursor.as_deref()),
+                Outbound::for_user(&frame.text, frame.cursor.as_deref()),
             );
         }
         forwarded.confirmed().await

@@ -3,12 +3,14 @@
 //! silently missing frames.
 
 use axum::extract::ws::Utf8Bytes;
+use futures::task::AtomicWaker;
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 /// Frames a connection may have waiting before it counts as too slow (by default).
@@ -67,9 +69,10 @@ struct Entry {
     connection_id: Uuid,
     token_id: Uuid,
     session_id: Uuid,
-    sender: mpsc::Sender<Outbound>,
-    kick: CancellationToken,
-    close_code: Arc<AtomicU16>,
+    /// Frames go through the queue behind an `Arc`: a queue slot is then 8 bytes, and every
+    /// idle connection holds a first block of 32 slots (1.75 KiB with the frame in the slot).
+    sender: mpsc::Sender<Arc<Outbound>>,
+    kick: Arc<Kick>,
     /// When the node's upkeep next refreshes this connection (see [`crate::upkeep`]).
     upkeep_due: Instant,
 }
@@ -84,32 +87,70 @@ pub struct Upkeep {
     pub session_id: Uuid,
 }
 
-impl Entry {
+/// Tells a connection to close, and with which code: 4008 (it fell behind) or 4001 (its
+/// token was revoked). The first reason stands. Lock-free: the connection's task polls it at
+/// every frame it sends (a `CancellationToken` took a lock there, and joined and left a
+/// waiter list at each poll).
+#[derive(Debug, Default)]
+pub struct Kick {
+    code: AtomicU16,
+    waker: AtomicWaker,
+}
+
+impl Kick {
     fn kick(&self, code: u16) {
-        // The first reason stands.
-        let _ = self
-            .close_code
-            .compare_exchange(0, code, Ordering::SeqCst, Ordering::SeqCst);
-        self.kick.cancel();
+        if self
+            .code
+            .compare_exchange(0, code, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+        {
+            self.waker.wake();
+        }
+    }
+
+    pub fn is_kicked(&self) -> bool {
+        self.code.load(Ordering::SeqCst) != 0
+    }
+
+    /// Ready once the connection is kicked; may be polled again after that.
+    pub fn poll_kicked(&self, context: &mut Context<'_>) -> Poll<()> {
+        if self.is_kicked() {
+            return Poll::Ready(());
+        }
+        self.waker.register(context.waker());
+        // A kick between the check and the registration woke nobody: look again.
+        if self.is_kicked() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// Completes once the connection is kicked.
+    pub fn kicked(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(|context| self.poll_kicked(context))
+    }
+
+    /// The close code: the kick's, or 4008 when not kicked.
+    pub fn close_code(&self) -> u16 {
+        match self.code.load(Ordering::SeqCst) {
+            0 => TOO_SLOW,
+            code => code,
+        }
     }
 }
 
 /// A registered connection's ends.
 pub struct Registration {
     pub connection_id: Uuid,
-    pub outbound: mpsc::Receiver<Outbound>,
-    /// Cancelled when the connection must close: with 4008 (it fell behind) or 4001 (its
-    /// token was revoked), as `close_code` says.
-    pub kicked: CancellationToken,
-    pub close_code: Arc<AtomicU16>,
+    pub outbound: mpsc::Receiver<Arc<Outbound>>,
+    /// Set when the connection must close, with its code.
+    pub kick: Arc<Kick>,
 }
 
 impl Registration {
     pub fn close_code(&self) -> u16 {
-        match self.close_code.load(Ordering::SeqCst) {
-            0 => TOO_SLOW,
-            code => code,
-        }
+        self.kick.close_code()
     }
 }
 
@@ -146,15 +187,13 @@ impl Hub {
     pub fn register(&self, user_id: Uuid, token_id: Uuid, session_id: Uuid) -> Registration {
         let (sender, outbound) = mpsc::channel(self.queue_capacity);
         let connection_id = Uuid::now_v7();
-        let kicked = CancellationToken::new();
-        let close_code = Arc::new(AtomicU16::new(0));
+        let kick = Arc::new(Kick::default());
         let entry = Entry {
             connection_id,
             token_id,
             session_id,
             sender,
-            kick: kicked.clone(),
-            close_code: close_code.clone(),
+            kick: kick.clone(),
             // The connection adds its own entry to the user map as it opens.
             upkeep_due: Instant::now() + self.upkeep_every,
         };
@@ -165,8 +204,7 @@ impl Hub {
         Registration {
             connection_id,
             outbound,
-            kicked,
-            close_code,
+            kick,
         }
     }
 
@@ -184,13 +222,14 @@ impl Hub {
 
     /// Queues a frame on every connection of `user_id` here. A full queue kicks that
     /// connection; the others still get the frame.
-    pub fn deliver(&self, user_id: Uuid, frame: &Outbound) {
+    pub fn deliver(&self, user_id: Uuid, frame: Outbound) {
         let Ok(connections) = self.connections.lock() else {
             return;
         };
+        let frame = Arc::new(frame);
         for entry in connections.get(&user_id).into_iter().flatten() {
             if entry.sender.try_send(frame.clone()).is_err() {
-                entry.kick(TOO_SLOW);
+                entry.kick.kick(TOO_SLOW);
             }
         }
     }
@@ -202,7 +241,7 @@ impl Hub {
         };
         for entry in connections.values().flatten() {
             if Some(entry.token_id) == token_id || Some(entry.session_id) == session_id {
-                entry.kick(REVOKED);
+                entry.kick.kick(REVOKED);
             }
         }
     }
@@ -241,7 +280,7 @@ impl Hub {
         };
         for entry in connections.get(&user_id).into_iter().flatten() {
             if entry.connection_id == connection_id {
-                entry.kick(code);
+                entry.kick.kick(code);
             }
         }
     }

@@ -210,11 +210,12 @@ async fn run_connection(
 
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
     heartbeat.tick().await;
+    let kick = registration.kick.clone();
     loop {
         tokio::select! {
             // A kick wins over everything else that is ready.
             biased;
-            () = registration.kicked.cancelled() => {
+            () = kick.kicked() => {
                 let code = registration.close_code();
                 let reason = if code == hub::REVOKED { "token revoked" } else { "too slow: reconnect with your cursor" };
                 // The close goes out after whatever is still buffered; a client that never
@@ -233,7 +234,8 @@ async fn run_connection(
                 // A client that stops reading blocks this send; the kick must still get through.
                 tokio::select! {
                     sent = send_queued(&mut socket, first, &mut registration.outbound, &mut sent_up_to) => sent?,
-                    () = registration.kicked.cancelled() => {}
+                    // Kicked: the next turn of the loop closes the socket.
+                    () = kick.kicked() => {}
                 }
             }
             frame = socket.recv() => {
@@ -300,14 +302,15 @@ const FRAMES_PER_FLUSH: usize = 64;
 /// flush, skipping event frames at or before `sent_up_to` (a resume's replay sent them).
 async fn send_queued(
     socket: &mut WebSocket,
-    first: Outbound,
-    queue: &mut tokio::sync::mpsc::Receiver<Outbound>,
+    first: Arc<Outbound>,
+    queue: &mut tokio::sync::mpsc::Receiver<Arc<Outbound>>,
     sent_up_to: &mut Cursor,
 ) -> anyhow::Result<()> {
     use futures::SinkExt;
     let mut next = Some(first);
     let mut written = 0;
-    while let Some(Outbound { cursor, text }) = next.take() {
+    while let Some(frame) = next.take() {
+        let Outbound { cursor, text } = frame.as_ref().clone();
         let fresh = match cursor {
             Some(cursor) if cursor <= *sent_up_to => false,
             Some(cursor) => {

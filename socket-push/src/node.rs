@@ -98,7 +98,7 @@ async fn consume(amqp_url: &str, namespace: &str, node_id: Uuid, hub: &Hub) -> a
             };
             hub.deliver(
                 frame.user_id,
-                &Outbound::for_user(text, frame.cursor.as_deref()),
+                Outbound::for_user(text, frame.cursor.as_deref()),
             );
         }
     }

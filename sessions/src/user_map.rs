@@ -62,38 +62,11 @@ impl UserMap {
 
     /// Adds (or refreshes) a connection and its node, and sweeps the user's expired entries.
     pub async fn touch(&self, user_id: Uuid, connection_id: Uuid) -> redis::RedisResult<()> {
-        let now = now_ms();
-        let expiry = now + ENTRY_TTL.as_millis() as u64;
-        let mut pipeline = redis::pipe();
-        // The entry before the node: `REMOVE` on another connection of this node sees the
-        // entry, or runs before the node is added back.
-        for (key, member, only_later) in [
-            (self.key(user_id), self.member(connection_id), false),
-            (self.nodes_key(user_id), self.node_id.to_string(), true),
-        ] {
-            let add = pipeline.cmd("ZADD").arg(&key);
-            if only_later {
-                // A node's score is its latest entry's expiry.
-                add.arg("GT");
-            }
-            add.arg(expiry).arg(member).ignore();
-            pipeline
-                .cmd("ZREMRANGEBYSCORE")
-                .arg(&key)
-                .arg("-inf")
-                .arg(now)
-                .ignore()
-                .cmd("PEXPIRE")
-                .arg(&key)
-                .arg(ENTRY_TTL.as_millis() as u64)
-                .ignore();
-        }
-        let mut redis = self.redis.clone();
-        pipeline.query_async(&mut redis).await
+        self.touch_many(&[(user_id, connection_id)]).await
     }
 
-    /// Refreshes many connections of this node at once (the periodic upkeep): one pipeline,
-    /// each user's keys swept and extended once.
+    /// Refreshes connections of this node (the periodic upkeep does many at once): one
+    /// pipeline, each user's keys swept and extended once.
     pub async fn touch_many(&self, connections: &[(Uuid, Uuid)]) -> redis::RedisResult<()> {
         if connections.is_empty() {
             return Ok(());
@@ -107,6 +80,8 @@ impl UserMap {
         }
         let mut pipeline = redis::pipe();
         for (user_id, connection_ids) in by_user {
+            // The entries before the node: `REMOVE` for another connection of this node sees
+            // them, or runs before the node is added back.
             let key = self.key(user_id);
             let add = pipeline.cmd("ZADD").arg(&key);
             for connection_id in connection_ids {

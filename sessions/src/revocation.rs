@@ -81,17 +81,8 @@ impl Revocations {
 
     /// Refuses a token that was revoked, alone or with its whole session. One round trip.
     pub async fn check(&self, claims: &AccessClaims) -> Result<(), RevocationError> {
-        let keys = [
-            self.loaded_key(),
-            self.token_key(claims.jti),
-            self.session_key(claims.sid),
-        ];
-        let mut found = self.read_keys(&keys).await?;
-        if found.first().is_none_or(Option::is_none) {
-            self.reload().await?;
-            found = self.read_keys(&keys).await?;
-        }
-        if found.iter().skip(1).any(Option::is_some) {
+        let revoked = self.revoked_among(&[(claims.jti, claims.sid)]).await?;
+        if revoked.first().copied().unwrap_or(false) {
             return Err(RevocationError::Revoked);
         }
         Ok(())

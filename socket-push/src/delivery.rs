@@ -52,10 +52,9 @@ impl Delivery {
         }
         let forwarded = self.forward(remote).await?;
         for frame in &frames {
-            self.hub.deliver(
-                frame.user_id,
-                Outbound::for_user(&frame.text, frame.cursor.as_deref()),
-            );
+            self.hub.deliver(frame.user_id, || {
+                Outbound::for_user(&frame.text, frame.cursor.as_deref())
+            });
         }
         forwarded.confirmed().await
     }

@@ -222,12 +222,16 @@ impl Hub {
 
     /// Queues a frame on every connection of `user_id` here. A full queue kicks that
     /// connection; the others still get the frame.
-    pub fn deliver(&self, user_id: Uuid, frame: Outbound) {
+    /// `frame` is only built when the user has a connection here.
+    pub fn deliver(&self, user_id: Uuid, frame: impl FnOnce() -> Outbound) {
         let Ok(connections) = self.connections.lock() else {
             return;
         };
-        let frame = Arc::new(frame);
-        for entry in connections.get(&user_id).into_iter().flatten() {
+        let Some(entries) = connections.get(&user_id) else {
+            return;
+        };
+        let frame = Arc::new(frame());
+        for entry in entries {
             if entry.sender.try_send(frame.clone()).is_err() {
                 entry.kick.kick(TOO_SLOW);
             }

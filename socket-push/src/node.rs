@@ -96,10 +96,9 @@ async fn consume(amqp_url: &str, namespace: &str, node_id: Uuid, hub: &Hub) -> a
                 tracing::error!("a node frame names a text its batch does not hold; dropped");
                 continue;
             };
-            hub.deliver(
-                frame.user_id,
-                Outbound::for_user(text, frame.cursor.as_deref()),
-            );
+            hub.deliver(frame.user_id, || {
+                Outbound::for_user(text, frame.cursor.as_deref())
+            });
         }
     }
     anyhow::bail!("the broker closed this node's queue")

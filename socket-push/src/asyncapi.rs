@@ -75,7 +75,10 @@ fn frame_schema(kind: &str) -> Value {
                 ("connection_id", uuid.clone()),
                 ("user_id", uuid),
                 ("cursor", string()),
-                ("heartbeat_ms", seq),
+                (
+                    "heartbeat_ms",
+                    json!({"type": "integer", "minimum": 1, "description": "the server sends a WebSocket ping when it has sent nothing else for this long"}),
+                ),
             ],
             &["type", "connection_id", "user_id", "cursor", "heartbeat_ms"],
         ),

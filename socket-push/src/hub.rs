@@ -157,8 +157,9 @@ impl Registration {
 pub struct Hub {
     connections: Mutex<HashMap<Uuid, Vec<Entry>>>,
     queue_capacity: usize,
-    /// How long after registering (and after each upkeep) a connection's upkeep is due.
-    upkeep_every: Duration,
+    /// The heartbeat period: a connection pings after this long without sending anything,
+    /// and its upkeep is due this long after it registered (and after each upkeep).
+    heartbeat: Duration,
 }
 
 impl Default for Hub {
@@ -172,14 +173,20 @@ impl Hub {
         Self {
             connections: Mutex::new(HashMap::new()),
             queue_capacity: queue_capacity.max(1),
-            upkeep_every: crate::HEARTBEAT,
+            heartbeat: crate::HEARTBEAT,
         }
     }
 
-    /// A hub whose connections are due for upkeep this often (tests use a short one).
-    pub fn with_upkeep_every(mut self, every: Duration) -> Self {
-        self.upkeep_every = every;
+    /// A hub whose connections have this heartbeat period (tests use a short one, or a long
+    /// one to run the upkeep by hand).
+    pub fn with_heartbeat(mut self, every: Duration) -> Self {
+        self.heartbeat = every;
         self
+    }
+
+    /// The heartbeat period of this node's connections.
+    pub fn heartbeat(&self) -> Duration {
+        self.heartbeat
     }
 
     /// Registers a connection of `user_id` opened with the token `token_id` of session
@@ -195,7 +202,7 @@ impl Hub {
             sender,
             kick: kick.clone(),
             // The connection adds its own entry to the user map as it opens.
-            upkeep_due: Instant::now() + self.upkeep_every,
+            upkeep_due: Instant::now() + self.heartbeat,
         };
         if let Ok(mut connections) = self.connections.lock() {
             connections.entry(user_id).or_default().push(entry);
@@ -264,7 +271,7 @@ impl Hub {
                     return due;
                 }
                 if entry.upkeep_due <= now {
-                    entry.upkeep_due = now + self.upkeep_every;
+                    entry.upkeep_due = now + self.heartbeat;
                     due.push(Upkeep {
                         user_id: *user_id,
                         connection_id: entry.connection_id,

@@ -34,6 +34,7 @@ pub mod presence;
 pub mod push;
 pub mod revocations;
 pub mod upkeep;
+pub mod wakes;
 
 use hub::{Cursor, Hub, Outbound};
 
@@ -195,7 +196,7 @@ async fn run_connection(
         "connection_id": registration.connection_id,
         "user_id": caller.user_id,
         "cursor": ready_cursor.to_string(),
-        "heartbeat_ms": HEARTBEAT.as_millis() as u64,
+        "heartbeat_ms": state.hub.heartbeat().as_millis() as u64,
     });
     send_text(&mut socket, &ready.to_string()).await?;
     if let Some(from) = resume_from {
@@ -208,42 +209,83 @@ async fn run_connection(
         send_text(&mut socket, &resumed.to_string()).await?;
     }
 
-    let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    // A ping goes out after a heartbeat period in which nothing else went out: the frames
+    // themselves keep the link alive and show a dead peer as well (ADR 0021).
+    let heartbeat_every = state.hub.heartbeat();
+    let mut heartbeat = tokio::time::interval(heartbeat_every);
     heartbeat.tick().await;
+    let mut last_sent = tokio::time::Instant::now();
     let kick = registration.kick.clone();
+    let wakes = wakes::Wakes::default();
     loop {
-        tokio::select! {
-            // A kick wins over everything else that is ready.
-            biased;
-            () = kick.kicked() => {
+        match next_wake(
+            &wakes,
+            &kick,
+            &mut heartbeat,
+            &mut registration,
+            &mut socket,
+        )
+        .await
+        {
+            Wake::Kicked => {
                 let code = registration.close_code();
-                let reason = if code == hub::REVOKED { "token revoked" } else { "too slow: reconnect with your cursor" };
+                let reason = if code == hub::REVOKED {
+                    "token revoked"
+                } else {
+                    "too slow: reconnect with your cursor"
+                };
                 // The close goes out after whatever is still buffered; a client that never
                 // reads again is dropped after the grace period.
-                let close = socket.send(Message::Close(Some(CloseFrame { code, reason: reason.into() })));
+                let close = socket.send(Message::Close(Some(CloseFrame {
+                    code,
+                    reason: reason.into(),
+                })));
                 let _ = tokio::time::timeout(CLOSE_GRACE, close).await;
                 return Ok(());
             }
-            _ = heartbeat.tick() => {
-                // The user-map entry and the revocation check are the node's upkeep, batched
-                // over its connections (`upkeep`).
-                socket.send(Message::Ping(Vec::new().into())).await?;
-            }
-            outbound = registration.outbound.recv() => {
-                let Some(first) = outbound else { return Ok(()) };
-                // A client that stops reading blocks this send; the kick must still get through.
-                tokio::select! {
-                    sent = send_queued(&mut socket, first, &mut registration.outbound, &mut sent_up_to) => sent?,
-                    // Kicked: the next turn of the loop closes the socket.
-                    () = kick.kicked() => {}
+            Wake::Heartbeat => {
+                let quiet_until = last_sent + heartbeat_every;
+                if tokio::time::Instant::now() < quiet_until {
+                    heartbeat.reset_at(quiet_until);
+                } else {
+                    // The user-map entry and the revocation check are the node's upkeep,
+                    // batched over its connections (`upkeep`).
+                    socket.send(Message::Ping(Vec::new().into())).await?;
+                    last_sent = tokio::time::Instant::now();
                 }
             }
-            frame = socket.recv() => {
+            Wake::Outbound(None) => return Ok(()),
+            Wake::Outbound(Some(first)) => {
+                let mut sending = std::pin::pin!(send_queued(
+                    &mut socket,
+                    first,
+                    &mut registration.outbound,
+                    &mut sent_up_to
+                ));
+                // Most sends complete at once; only one that waits for the client races the
+                // kick (a client that stops reading blocks it, and the kick must get through).
+                if let std::task::Poll::Ready(sent) = futures::poll!(sending.as_mut()) {
+                    sent?;
+                } else {
+                    tokio::select! {
+                        sent = &mut sending => sent?,
+                        // Kicked: the next turn of the loop closes the socket.
+                        () = kick.kicked() => {}
+                    }
+                    // The kick's waker was the task's meanwhile: poll it with its own again.
+                    wakes.mark(wakes::Source::Kick);
+                }
+                last_sent = tokio::time::Instant::now();
+            }
+            Wake::Frame(frame) => {
                 let frame = match frame {
                     Some(Ok(frame)) => frame,
                     Some(Err(error)) => {
                         if is_too_big(error) {
-                            let close = CloseFrame { code: close_code::SIZE, reason: "frames are limited to 64 KiB".into() };
+                            let close = CloseFrame {
+                                code: close_code::SIZE,
+                                reason: "frames are limited to 64 KiB".into(),
+                            };
                             let _ = socket.send(Message::Close(Some(close))).await;
                         }
                         return Ok(());
@@ -254,16 +296,75 @@ async fn run_connection(
                     // Boxed, as every rarely taken await here: a connection's task keeps the
                     // size of its largest state while it idles, so only the small ones inline.
                     Message::Text(text) => Box::pin(frames::handle(state, caller, &text)).await,
-                    Message::Binary(_) => Some(frames::error(Value::Null, "unsupported_frame", "frames are JSON text")),
+                    Message::Binary(_) => Some(frames::error(
+                        Value::Null,
+                        "unsupported_frame",
+                        "frames are JSON text",
+                    )),
                     Message::Close(_) => return Ok(()),
                     _ => None,
                 };
                 if let Some(reply) = reply {
                     send_text(&mut socket, &reply.to_string()).await?;
+                    last_sent = tokio::time::Instant::now();
                 }
             }
         }
     }
+}
+
+/// What a connection's task woke for, in the order it is taken: a kick wins over everything
+/// else that is ready.
+enum Wake {
+    Kicked,
+    Heartbeat,
+    Outbound(Option<Arc<Outbound>>),
+    Frame(Option<Result<Message, axum::Error>>),
+}
+
+/// Waits for the next thing the connection must do. The outbound queue is polled at every
+/// wakeup; the kick, the heartbeat and the socket only once they have woken the task
+/// ([`wakes`]): a frame sent does not poll the socket's read path.
+async fn next_wake(
+    wakes: &wakes::Wakes,
+    kick: &hub::Kick,
+    heartbeat: &mut tokio::time::Interval,
+    registration: &mut hub::Registration,
+    socket: &mut WebSocket,
+) -> Wake {
+    use futures::Stream;
+    use std::task::Poll;
+    use wakes::Source;
+    std::future::poll_fn(|context| {
+        let woken = wakes.take(context);
+        let wake = if woken.contains(Source::Kick)
+            && kick
+                .poll_kicked(&mut wakes.context(Source::Kick))
+                .is_ready()
+        {
+            Wake::Kicked
+        } else if woken.contains(Source::Heartbeat)
+            && heartbeat
+                .poll_tick(&mut wakes.context(Source::Heartbeat))
+                .is_ready()
+        {
+            Wake::Heartbeat
+        } else if let Poll::Ready(frame) = registration.outbound.poll_recv(context) {
+            Wake::Outbound(frame)
+        } else if woken.contains(Source::Socket)
+            && let Poll::Ready(frame) =
+                std::pin::Pin::new(&mut *socket).poll_next(&mut wakes.context(Source::Socket))
+        {
+            Wake::Frame(frame)
+        } else {
+            return Poll::Pending;
+        };
+        // The source that was ready registers again at its next poll, and those not polled
+        // this time are still to be polled.
+        wakes.keep(woken);
+        Poll::Ready(wake)
+    })
+    .await
 }
 
 /// The id of a stream's newest entry, without the entry: an inbox entry can be large (a

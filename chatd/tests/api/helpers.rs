@@ -48,6 +48,7 @@ pub fn fresh_settings() -> Settings {
         login_failures_per_address: 20,
         sends_per_10_seconds: 1000,
         ws_outbound_queue: 1024,
+        ws_heartbeat_secs: 25,
         max_json_bytes: 64 * 1024,
         trusted_proxies: vec!["127.0.0.1".to_owned()],
         log_format: "text".to_owned(),

@@ -1138,7 +1138,7 @@ async fn the_upkeep_refreshes_connections_and_closes_the_revoked_ones() {
         node_id,
     };
     let period = Duration::from_secs(3600);
-    let hub = Hub::default().with_upkeep_every(period);
+    let hub = Hub::default().with_heartbeat(period);
     let user_id = Uuid::now_v7();
     let (kept_session, revoked_session) = (Uuid::now_v7(), Uuid::now_v7());
     let kept = hub.register(user_id, Uuid::now_v7(), kept_session);
@@ -1202,4 +1202,93 @@ async fn the_upkeep_refreshes_connections_and_closes_the_revoked_ones() {
         .unwrap_or_else(|error| panic!("{error}"));
     assert_eq!(nodes_now().await, vec![HashSet::new()]);
     assert_eq!(live(user_map.clone()).await, 0);
+}
+
+/// Counts the WebSocket pings `socket` gets until `until`, and the text frames besides.
+async fn count_pings(socket: &mut Socket, until: tokio::time::Instant) -> (usize, usize) {
+    let (mut pings, mut texts) = (0, 0);
+    while let Ok(frame) = tokio::time::timeout_at(until, socket.next()).await {
+        match frame {
+            Some(Ok(Message::Ping(_))) => pings += 1,
+            Some(Ok(Message::Text(_))) => texts += 1,
+            Some(Ok(_)) => {}
+            other => panic!("the connection ended: {other:?}"),
+        }
+    }
+    (pings, texts)
+}
+
+#[tokio::test]
+async fn a_connection_is_pinged_after_a_heartbeat_in_which_nothing_went_out() {
+    let mut settings = crate::helpers::fresh_settings();
+    settings.ws_heartbeat_secs = 1;
+    let app = crate::helpers::spawn_app_with(settings, chatd::Roles::ALL).await;
+    let quiet = app.register("quiet").await;
+    let busy = app.register("busy").await;
+    let mut quiet_socket = connect(&app, &quiet.access_token).await;
+    let mut busy_socket = connect(&app, &busy.access_token).await;
+    assert_eq!(next_frame(&mut quiet_socket).await["heartbeat_ms"], 1000);
+    assert_eq!(next_frame(&mut busy_socket).await["type"], "ready");
+
+    // For 3.5 s the busy connection gets a `pong` every 250 ms and the quiet one nothing.
+    let until = tokio::time::Instant::now() + Duration::from_millis(3500);
+    let quiet_reader =
+        tokio::spawn(async move { (count_pings(&mut quiet_socket, until).await, quiet_socket) });
+    let mut busy_pings = 0;
+    let mut reference = 0;
+    while tokio::time::Instant::now() < until {
+        reference += 1;
+        send_frame(&mut busy_socket, json!({"type": "ping", "ref": reference})).await;
+        loop {
+            let frame = tokio::time::timeout(Duration::from_secs(5), busy_socket.next())
+                .await
+                .unwrap_or_else(|_| panic!("no pong within 5 s"));
+            match frame {
+                Some(Ok(Message::Ping(_))) => busy_pings += 1,
+                Some(Ok(Message::Text(text))) => {
+                    let reply: Value =
+                        serde_json::from_str(&text).unwrap_or_else(|error| panic!("{error}"));
+                    if reply["type"] == "pong" && reply["ref"] == reference {
+                        break;
+                    }
+                }
+                Some(Ok(_)) => {}
+                other => panic!("the busy connection ended: {other:?}"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let ((quiet_pings, quiet_texts), mut quiet_socket) =
+        quiet_reader.await.unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(
+        quiet_texts, 0,
+        "nothing but pings went to the quiet connection"
+    );
+    assert!(
+        (2..=4).contains(&quiet_pings),
+        "the quiet connection is pinged once a second: {quiet_pings} pings in 3.5 s"
+    );
+    assert_eq!(
+        busy_pings, 0,
+        "a connection that got a frame within the last heartbeat is not pinged"
+    );
+
+    // Once the busy connection falls quiet, its ping comes a heartbeat later.
+    let (pings, texts) = count_pings(
+        &mut busy_socket,
+        tokio::time::Instant::now() + Duration::from_millis(1700),
+    )
+    .await;
+    assert_eq!(
+        (pings, texts),
+        (1, 0),
+        "one ping a heartbeat after the last pong"
+    );
+    // Both connections still work.
+    send_frame(
+        &mut quiet_socket,
+        json!({"type": "ping", "ref": "still here"}),
+    )
+    .await;
+    assert_eq!(next_reply(&mut quiet_socket).await["ref"], "still here");
 }

@@ -122,8 +122,10 @@ impl Holding {
         for url in &share.ws_urls {
             targets.push(resolve(url).await.map_err(|error| format!("{error:#}")));
         }
+        // tungstenite zeroes the free part of its read buffer (up to this size) at every
+        // read: 1 KiB holds the frames an idle connection gets and zeroes a quarter of 4 KiB.
         let config = WebSocketConfig::default()
-            .read_buffer_size(4 * 1024)
+            .read_buffer_size(1024)
             .write_buffer_size(0);
         let targets = &targets;
         let attempts = futures::stream::iter(share.connections.iter().copied())

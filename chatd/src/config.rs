@@ -155,8 +155,8 @@ pub struct Settings {
     /// is closed with 4008 and resumes from its cursor.
     #[arg(long, env = "CHAT_WS_OUTBOUND_QUEUE", default_value_t = 1024)]
     pub ws_outbound_queue: usize,
-    /// Seconds between WebSocket heartbeats: a connection that sent nothing for this long gets
-    /// a ping, and each connection's user-map entry is refreshed once per period. At most 25:
+    /// Seconds between WebSocket heartbeats: a connection that was sent nothing for this long
+    /// gets a ping, and each connection's user-map entry is refreshed once per period. At most 25:
     /// an entry lasts 60 s and must outlive two missed refreshes.
     #[arg(long, env = "CHAT_WS_HEARTBEAT_SECS", default_value_t = 25,
           value_parser = clap::value_parser!(u64).range(1..=25))]

@@ -215,6 +215,9 @@ async fn run_connection(
     let mut heartbeat = tokio::time::interval(heartbeat_every);
     heartbeat.tick().await;
     let mut last_sent = tokio::time::Instant::now();
+    // Each tick is due a period after the last frame, not on a grid of its own: a tick a
+    // moment before `last_sent + period` would only re-arm itself and wake the task again.
+    heartbeat.reset();
     let kick = registration.kick.clone();
     let wakes = wakes::Wakes::default();
     loop {
@@ -252,6 +255,7 @@ async fn run_connection(
                     // batched over its connections (`upkeep`).
                     socket.send(Message::Ping(Vec::new().into())).await?;
                     last_sent = tokio::time::Instant::now();
+                    heartbeat.reset();
                 }
             }
             Wake::Outbound(None) => return Ok(()),

@@ -9,10 +9,12 @@
 //! N processes, this one and N − 1 workers it starts.
 //!
 //! - [`hold`]: opening and reading one process's share of the sockets.
+//! - [`wire`]: the client side of the WebSocket protocol those sockets speak.
 //! - [`fleet`]: the worker processes and how they talk with this one.
 
 mod fleet;
 mod hold;
+mod wire;
 
 pub use fleet::worker;
 
@@ -127,6 +129,8 @@ pub struct IdleReport {
     pub server_idle_cpu_percent: Option<f64>,
     pub servers: Vec<ServerFigures>,
     pub processes: Vec<ProcessFigures>,
+    /// When the broadcast was sent (wall clock, Unix ns): to cut a profile to its window.
+    pub broadcast_sent_unix_ns: u64,
     /// Connections the broadcast reached within 30 s of its send.
     pub broadcast_reached: usize,
     /// The first connection the broadcast reached: the path up to the first socket write.
@@ -213,7 +217,7 @@ pub async fn run(api: &Api, idle: &Idle) -> anyhow::Result<IdleReport> {
 
     let started = Instant::now();
     let connect_deadline = started + Duration::from_secs_f64(base_share.connect_seconds);
-    let mut holding = Holding::new(BROADCAST_TEXT);
+    let mut holding = Holding::new(BROADCAST_TEXT)?;
     let first = holding
         .open(&share_of(&plan[..first_count]), connect_deadline)
         .await;
@@ -448,6 +452,7 @@ pub async fn run(api: &Api, idle: &Idle) -> anyhow::Result<IdleReport> {
         server_idle_cpu_percent: total_cpu,
         servers,
         processes: figures,
+        broadcast_sent_unix_ns: sent_unix_ns,
         broadcast_reached: latencies_ms.len(),
         broadcast_first_ms: latencies_ms.first().copied(),
         broadcast_p50_ms: percentile(0.5),

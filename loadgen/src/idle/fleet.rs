@@ -76,7 +76,7 @@ pub async fn worker() -> anyhow::Result<()> {
 
     let share = assignment.share;
     let deadline = Instant::now() + Duration::from_secs_f64(share.connect_seconds.max(1.0));
-    let mut holding = Holding::new(&share.broadcast_text);
+    let mut holding = Holding::new(&share.broadcast_text)?;
     let connected = holding.open(&share, deadline).await;
     write_report(&Report::Connected(connected)).await?;
     while let Some(command) = received.recv().await {

@@ -4,19 +4,20 @@
 
 use anyhow::{Context, bail};
 use futures::StreamExt;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr};
+use std::ops::ControlFlow;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-use crate::setup::Socket;
+use super::wire;
 
 /// One connection's plan: indexes into the share's nodes, source addresses and tokens.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug)]
@@ -82,30 +83,66 @@ enum SocketEvent {
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 /// Error messages kept per share.
 const ERROR_SAMPLES: usize = 5;
+/// How long the reader thread waits for readable sockets before it looks for new ones.
+const READER_TICK_MS: u8 = 50;
+/// Readable sockets taken per `epoll_wait`.
+const READER_EVENTS: usize = 1024;
+/// The reader thread's one read buffer: every frame an idle connection gets fits in it.
+const READ_BUFFER: usize = 64 * 1024;
 
-/// The sockets of this process and what their readers saw.
+/// An open connection, once its `ready` arrived: the socket in non-blocking mode and the bytes
+/// that came after `ready` in the same read.
+pub struct Opened {
+    stream: std::net::TcpStream,
+    leftover: Vec<u8>,
+}
+
+/// The sockets of this process and what their reader saw. One thread reads them all (see
+/// [`wire`]); it stops, closing every socket, when this is dropped.
 pub struct Holding {
-    broadcast_text: Arc<str>,
-    sender: mpsc::UnboundedSender<SocketEvent>,
     events: mpsc::UnboundedReceiver<SocketEvent>,
-    readers: Vec<JoinHandle<()>>,
+    poller: Arc<Epoll>,
+    handed: std::sync::mpsc::Sender<(u64, Watched)>,
+    stop: Arc<AtomicBool>,
+    reader: Option<std::thread::JoinHandle<()>>,
+    /// Sockets handed to the reader.
+    watched: usize,
     arrivals: Vec<u64>,
     arrival_nodes: Vec<usize>,
     closed: usize,
 }
 
 impl Holding {
-    pub fn new(broadcast_text: &str) -> Self {
+    pub fn new(broadcast_text: &str) -> anyhow::Result<Self> {
         let (sender, events) = mpsc::unbounded_channel();
-        Self {
-            broadcast_text: Arc::from(broadcast_text),
-            sender,
+        let poller = Arc::new(
+            Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).context("creating the reader's epoll")?,
+        );
+        let (handed, taken) = std::sync::mpsc::channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let reader = Reader {
+            poller: poller.clone(),
+            taken,
+            stop: stop.clone(),
+            events: sender,
+            broadcast_text: broadcast_text.to_owned(),
+            sockets: Vec::new(),
+        };
+        let reader = std::thread::Builder::new()
+            .name("idle-reader".to_owned())
+            .spawn(move || reader.run())
+            .context("starting the reader thread")?;
+        Ok(Self {
             events,
-            readers: Vec::new(),
+            poller,
+            handed,
+            stop,
+            reader: Some(reader),
+            watched: 0,
             arrivals: Vec::new(),
             arrival_nodes: Vec::new(),
             closed: 0,
-        }
+        })
     }
 
     /// Opens the share's connections, `connect_concurrency` at a time, and starts reading each
@@ -122,11 +159,6 @@ impl Holding {
         for url in &share.ws_urls {
             targets.push(resolve(url).await.map_err(|error| format!("{error:#}")));
         }
-        // tungstenite zeroes the free part of its read buffer (up to this size) at every
-        // read: 1 KiB holds the frames an idle connection gets and zeroes a quarter of 4 KiB.
-        let config = WebSocketConfig::default()
-            .read_buffer_size(1024)
-            .write_buffer_size(0);
         let targets = &targets;
         let attempts = futures::stream::iter(share.connections.iter().copied())
             .map(|planned| async move {
@@ -135,20 +167,17 @@ impl Holding {
                     share.source_addresses.get(planned.source),
                     share.tokens.get(planned.user),
                 ) {
-                    (Some(Ok(target)), Some(source), Some(token)) => {
-                        let url = &share.ws_urls[planned.node];
-                        tokio::time::timeout(
-                            CONNECT_TIMEOUT,
-                            connect(url, *target, *source, token, config),
-                        )
-                        .await
-                        .unwrap_or_else(|_| {
-                            Err(anyhow::anyhow!(
-                                "not open with ready within {} s",
-                                CONNECT_TIMEOUT.as_secs()
-                            ))
-                        })
-                    }
+                    (Some(Ok(target)), Some(source), Some(token)) => tokio::time::timeout(
+                        CONNECT_TIMEOUT,
+                        connect(&share.ws_urls[planned.node], target, *source, token),
+                    )
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(anyhow::anyhow!(
+                            "not open with ready within {} s",
+                            CONNECT_TIMEOUT.as_secs()
+                        ))
+                    }),
                     (Some(Err(error)), _, _) => Err(anyhow::anyhow!("{error}")),
                     _ => Err(anyhow::anyhow!(
                         "the plan names a missing node, address or user"
@@ -161,10 +190,13 @@ impl Holding {
         let mut done = 0;
         loop {
             match tokio::time::timeout_at(deadline.into(), attempts.next()).await {
-                Ok(Some((node, Ok(socket)))) => {
-                    connected.opened_per_node[node] += 1;
-                    self.watch(socket, node);
-                }
+                Ok(Some((node, Ok(opened)))) => match self.watch(opened, node) {
+                    Ok(()) => connected.opened_per_node[node] += 1,
+                    Err(error) => {
+                        connected.failed += 1;
+                        errors.add(format!("{error:#}"));
+                    }
+                },
                 Ok(Some((_, Err(error)))) => {
                     connected.failed += 1;
                     errors.add(format!("{error:#}"));
@@ -188,7 +220,7 @@ impl Holding {
 
     /// Waits until every socket has received the broadcast or closed, or until `deadline`.
     pub async fn collect(&mut self, deadline: Instant) -> Arrivals {
-        while self.arrivals.len() + self.closed < self.readers.len() {
+        while self.arrivals.len() + self.closed < self.watched {
             match tokio::time::timeout_at(deadline.into(), self.events.recv()).await {
                 Ok(Some(SocketEvent::Arrived(at, node))) => {
                     self.arrivals.push(at);
@@ -203,38 +235,182 @@ impl Holding {
             arrivals_unix_ns: self.arrivals.clone(),
             arrival_nodes: self.arrival_nodes.clone(),
             closed: self.closed,
-            missing: self.readers.len() - self.arrivals.len() - self.closed,
+            missing: self.watched - self.arrivals.len() - self.closed,
         }
     }
 
-    /// Reads the socket until it closes: pings get their pongs, the broadcast is timed.
-    fn watch(&mut self, mut socket: Socket, node: usize) {
-        let events = self.sender.clone();
-        let broadcast_text = self.broadcast_text.clone();
-        self.readers.push(tokio::spawn(async move {
-            let mut arrived = false;
-            while let Some(Ok(frame)) = socket.next().await {
-                if !arrived
-                    && let Message::Text(text) = &frame
-                    && text.contains("\"message.created\"")
-                    && text.contains(&*broadcast_text)
-                {
-                    arrived = true;
-                    let _ = events.send(SocketEvent::Arrived(unix_ns(), node));
-                }
-            }
-            if !arrived {
-                let _ = events.send(SocketEvent::Closed);
-            }
-        }));
+    /// Hands the socket to the reader thread: it reads it until it closes, answering pings
+    /// and timing the broadcast.
+    fn watch(&mut self, opened: Opened, node: usize) -> anyhow::Result<()> {
+        let token = self.watched as u64;
+        // Registered first, handed over second: the reader looks for a socket it has not been
+        // handed yet when one turns readable.
+        self.poller
+            .add(
+                &opened.stream,
+                EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP, token),
+            )
+            .context("adding the socket to the reader's epoll")?;
+        let watched = Watched {
+            stream: opened.stream,
+            node,
+            incoming: wire::Incoming::default(),
+            pending: opened.leftover,
+            arrived: false,
+        };
+        if self.handed.send((token, watched)).is_err() {
+            bail!("the reader thread has ended");
+        }
+        self.watched += 1;
+        Ok(())
     }
 }
 
 impl Drop for Holding {
     fn drop(&mut self) {
-        for reader in &self.readers {
-            reader.abort();
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
         }
+    }
+}
+
+/// A socket the reader thread reads.
+struct Watched {
+    stream: std::net::TcpStream,
+    node: usize,
+    incoming: wire::Incoming,
+    /// Bytes of a frame not complete yet.
+    pending: Vec<u8>,
+    arrived: bool,
+}
+
+/// The reader thread: one `epoll` over every socket of the process, level-triggered, one read
+/// per readable socket per round.
+struct Reader {
+    poller: Arc<Epoll>,
+    taken: std::sync::mpsc::Receiver<(u64, Watched)>,
+    stop: Arc<AtomicBool>,
+    events: mpsc::UnboundedSender<SocketEvent>,
+    broadcast_text: String,
+    /// Indexed by token; `None` once closed.
+    sockets: Vec<Option<Watched>>,
+}
+
+impl Reader {
+    fn run(mut self) {
+        let mut ready = vec![EpollEvent::empty(); READER_EVENTS];
+        let mut buffer = vec![0u8; READ_BUFFER];
+        let mut replies = Vec::new();
+        while !self.stop.load(Ordering::Relaxed) {
+            self.take_handed(&mut replies);
+            let count = match self.poller.wait(&mut ready, READER_TICK_MS) {
+                Ok(count) => count,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(error) => {
+                    eprintln!("loadgen: the reader's epoll failed: {error}");
+                    return;
+                }
+            };
+            for event in &ready[..count] {
+                let token = event.data() as usize;
+                if self.sockets.get(token).is_none() {
+                    self.take_handed(&mut replies);
+                }
+                let open = match self.sockets.get_mut(token) {
+                    Some(Some(socket)) => socket.read(
+                        &mut buffer,
+                        &mut replies,
+                        &self.events,
+                        &self.broadcast_text,
+                    ),
+                    // Closed already, or (level-triggered) reported again next round.
+                    _ => continue,
+                };
+                if !open {
+                    self.close(token);
+                }
+            }
+        }
+    }
+
+    /// Takes the sockets handed over since the last look, and the frames that came with them.
+    fn take_handed(&mut self, replies: &mut Vec<u8>) {
+        while let Ok((token, mut socket)) = self.taken.try_recv() {
+            let token = token as usize;
+            if self.sockets.len() <= token {
+                self.sockets.resize_with(token + 1, || None);
+            }
+            let open = socket.consume(replies, &self.events, &self.broadcast_text);
+            self.sockets[token] = Some(socket);
+            if !open {
+                self.close(token);
+            }
+        }
+    }
+
+    fn close(&mut self, token: usize) {
+        if let Some(socket) = self.sockets.get_mut(token).and_then(Option::take) {
+            let _ = self.poller.delete(&socket.stream);
+            if !socket.arrived {
+                let _ = self.events.send(SocketEvent::Closed);
+            }
+        }
+    }
+}
+
+impl Watched {
+    /// One read from the socket, and the frames it completes. False once the socket is done.
+    fn read(
+        &mut self,
+        buffer: &mut [u8],
+        replies: &mut Vec<u8>,
+        events: &mpsc::UnboundedSender<SocketEvent>,
+        broadcast_text: &str,
+    ) -> bool {
+        match (&self.stream).read(buffer) {
+            Ok(0) => false,
+            Ok(read) => {
+                self.pending.extend_from_slice(&buffer[..read]);
+                self.consume(replies, events, broadcast_text)
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => true,
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => true,
+            Err(_) => false,
+        }
+    }
+
+    /// Takes the complete frames in `pending`: notes the broadcast, answers pings and a close.
+    /// False once the socket is done (closed, or a protocol error).
+    fn consume(
+        &mut self,
+        replies: &mut Vec<u8>,
+        events: &mpsc::UnboundedSender<SocketEvent>,
+        broadcast_text: &str,
+    ) -> bool {
+        if self.pending.is_empty() {
+            return true;
+        }
+        replies.clear();
+        let arrived = &mut self.arrived;
+        let node = self.node;
+        let used = self.incoming.take(&self.pending, replies, |text| {
+            if !*arrived && text.contains("\"message.created\"") && text.contains(broadcast_text) {
+                *arrived = true;
+                let _ = events.send(SocketEvent::Arrived(unix_ns(), node));
+            }
+            ControlFlow::Continue(())
+        });
+        let Ok(used) = used else {
+            return false;
+        };
+        self.pending.drain(..used);
+        // A pong or a close answer is a few bytes on a socket with nothing else to send: it
+        // goes out whole or the socket is broken.
+        if !replies.is_empty() && (&self.stream).write_all(replies).is_err() {
+            return false;
+        }
+        !self.incoming.closed
     }
 }
 
@@ -259,19 +435,20 @@ async fn resolve(url: &str) -> anyhow::Result<SocketAddr> {
         .with_context(|| format!("{host} does not resolve"))
 }
 
-/// Opens one connection from `source` and waits for `ready`.
+/// Opens one connection from `source`, makes the WebSocket handshake and waits for `ready`.
 async fn connect(
     url: &str,
-    target: SocketAddr,
+    target: &SocketAddr,
     source: IpAddr,
     token: &str,
-    config: WebSocketConfig,
-) -> anyhow::Result<Socket> {
-    let mut request = url.into_client_request()?;
-    request.headers_mut().insert(
-        "authorization",
-        HeaderValue::from_str(&format!("Bearer {token}"))?,
-    );
+) -> anyhow::Result<Opened> {
+    let request = url.into_client_request()?;
+    let host = request
+        .uri()
+        .authority()
+        .map(|authority| authority.as_str().to_owned())
+        .with_context(|| format!("{url} has no host"))?;
+    let handshake = wire::Handshake::new(&host, request.uri().path(), token);
     let socket = if source.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {
@@ -281,7 +458,6 @@ async fn connect(
     // from that address, whatever the destination: about 28,000 per address. With it, the
     // port is picked at connect time and only the whole 4-tuple must be unique, so one
     // address serves many server ports.
-    #[cfg(target_os = "linux")]
     nix::sys::socket::setsockopt(
         &socket,
         nix::sys::socket::sockopt::IpBindAddressNoPort,
@@ -291,28 +467,58 @@ async fn connect(
     socket
         .bind(SocketAddr::new(source, 0))
         .with_context(|| format!("binding to {source}"))?;
-    let stream = socket
-        .connect(target)
+    let mut stream = socket
+        .connect(*target)
         .await
         .with_context(|| format!("connecting from {source} to {target}"))?;
-    let (mut socket, _) = tokio_tungstenite::client_async_with_config(
-        request,
-        tokio_tungstenite::MaybeTlsStream::Plain(stream),
-        Some(config),
-    )
-    .await
-    .with_context(|| format!("WebSocket handshake with {target}"))?;
+    stream.set_nodelay(true)?;
+    stream
+        .write_all(handshake.request.as_bytes())
+        .await
+        .with_context(|| format!("WebSocket handshake with {target}"))?;
+    let mut received = Vec::with_capacity(1024);
+    let head = loop {
+        if stream.read_buf(&mut received).await? == 0 {
+            bail!("{target} closed the socket during the handshake");
+        }
+        if let Some(head) = handshake
+            .response(&received)
+            .with_context(|| format!("WebSocket handshake with {target}"))?
+        {
+            break head;
+        }
+    };
+    received.drain(..head);
+    let mut incoming = wire::Incoming::default();
+    let mut replies = Vec::new();
     loop {
-        match socket.next().await {
-            Some(Ok(Message::Text(text))) => {
-                let frame: Value = serde_json::from_str(&text)?;
-                if frame["type"] == "ready" {
-                    return Ok(socket);
-                }
+        let mut ready = false;
+        let used = incoming.take(&received, &mut replies, |text| {
+            ready = serde_json::from_str::<Value>(text).is_ok_and(|frame| frame["type"] == "ready");
+            if ready {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
             }
-            Some(Ok(_)) => {}
-            Some(Err(error)) => bail!("the socket failed before ready: {error}"),
-            None => bail!("the socket closed before ready"),
+        })?;
+        if !replies.is_empty() {
+            stream.write_all(&replies).await?;
+            replies.clear();
+        }
+        if incoming.closed {
+            bail!("the socket closed before ready");
+        }
+        if ready {
+            // Whatever came after `ready` goes to the reader with the socket.
+            received.drain(..used);
+            return Ok(Opened {
+                stream: stream.into_std()?,
+                leftover: received,
+            });
+        }
+        received.drain(..used);
+        if stream.read_buf(&mut received).await? == 0 {
+            bail!("the socket closed before ready");
         }
     }
 }
@@ -337,5 +543,199 @@ impl ErrorSamples {
             .into_iter()
             .map(|(error, count)| format!("{count} × {error}"))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+    /// What the test server saw on one connection.
+    #[derive(Debug, PartialEq)]
+    enum Seen {
+        Bearer(String),
+        Pong(usize),
+        CloseAnswered(usize, u16),
+    }
+
+    /// A real WebSocket server (tungstenite, as in axum): each connection gets `ready`, then at
+    /// once a presence frame and a ping (so they may come in the handshake's own read), then,
+    /// once the pong is back, the broadcast, except the last one, which is closed with 4008.
+    async fn serve(
+        listener: tokio::net::TcpListener,
+        count: usize,
+        seen: mpsc::UnboundedSender<Seen>,
+    ) {
+        for index in 0..count {
+            let (stream, _) = listener.accept().await.unwrap_or_else(|e| panic!("{e}"));
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut bearer = String::new();
+                // tungstenite's callback signature, whose error is an HTTP response.
+                #[allow(clippy::result_large_err)]
+                let check = |request: &Request, response: Response| {
+                    bearer = request
+                        .headers()
+                        .get("authorization")
+                        .and_then(|value| value.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned();
+                    Ok(response)
+                };
+                let mut socket = tokio_tungstenite::accept_hdr_async(stream, check)
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"));
+                let _ = seen.send(Seen::Bearer(bearer));
+                for frame in [
+                    Message::text(r#"{"type":"ready","heartbeat_ms":25000}"#),
+                    Message::text(r#"{"type":"presence.changed","user_id":"x"}"#),
+                    Message::Ping(format!("ping-{index}").into_bytes().into()),
+                ] {
+                    socket.feed(frame).await.unwrap_or_else(|e| panic!("{e}"));
+                }
+                socket.flush().await.unwrap_or_else(|e| panic!("{e}"));
+                while let Some(Ok(frame)) = socket.next().await {
+                    match frame {
+                        Message::Pong(payload) => {
+                            assert_eq!(&payload[..], format!("ping-{index}").as_bytes());
+                            let _ = seen.send(Seen::Pong(index));
+                            let last = Message::Close(Some(CloseFrame {
+                                code: CloseCode::Library(4008),
+                                reason: "too slow".into(),
+                            }));
+                            let broadcast = Message::text(
+                                r#"{"type":"message.created","message":{"body":"idle-broadcast"}}"#,
+                            );
+                            let frame = if index + 1 == count { last } else { broadcast };
+                            socket.send(frame).await.unwrap_or_else(|e| panic!("{e}"));
+                        }
+                        Message::Close(Some(close)) => {
+                            let _ = seen.send(Seen::CloseAnswered(index, close.code.into()));
+                        }
+                        other => panic!("the client sent {other:?}"),
+                    }
+                }
+            });
+        }
+    }
+
+    #[tokio::test]
+    async fn the_reader_times_the_broadcast_answers_pings_and_counts_closed_sockets() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let port = listener
+            .local_addr()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .port();
+        let (seen_sender, mut seen) = mpsc::unbounded_channel();
+        tokio::spawn(serve(listener, 3, seen_sender));
+        let share = Share {
+            ws_urls: vec![format!("ws://127.0.0.1:{port}/api/v1/ws")],
+            tokens: (0..3).map(|user| format!("token-{user}")).collect(),
+            source_addresses: vec![IpAddr::from([127, 0, 0, 1])],
+            connections: (0..3)
+                .map(|user| Planned {
+                    node: 0,
+                    source: 0,
+                    user,
+                })
+                .collect(),
+            connect_concurrency: 1,
+            connect_seconds: 10.0,
+            broadcast_text: "idle-broadcast".to_owned(),
+        };
+        let started = unix_ns();
+        let mut holding = Holding::new(&share.broadcast_text).unwrap_or_else(|e| panic!("{e}"));
+        let connected = holding
+            .open(&share, Instant::now() + Duration::from_secs(10))
+            .await;
+        assert_eq!(
+            connected.opened_per_node,
+            [3],
+            "{:?}",
+            connected.error_samples
+        );
+        assert_eq!(connected.failed, 0);
+        let arrivals = holding
+            .collect(Instant::now() + Duration::from_secs(10))
+            .await;
+        assert_eq!(arrivals.arrivals_unix_ns.len(), 2, "{arrivals:?}");
+        assert_eq!(arrivals.arrival_nodes, [0, 0]);
+        assert_eq!((arrivals.closed, arrivals.missing), (1, 0));
+        let now = unix_ns();
+        assert!(
+            arrivals
+                .arrivals_unix_ns
+                .iter()
+                .all(|at| (started..=now).contains(at))
+        );
+        let mut events = Vec::new();
+        while events.len() < 7 {
+            let event = tokio::time::timeout(Duration::from_secs(10), seen.recv())
+                .await
+                .unwrap_or_else(|e| panic!("{e}; saw {events:?}"));
+            events.extend(event);
+        }
+        events.sort_by_key(|event| format!("{event:?}"));
+        assert_eq!(
+            events,
+            [
+                Seen::Bearer("Bearer token-0".to_owned()),
+                Seen::Bearer("Bearer token-1".to_owned()),
+                Seen::Bearer("Bearer token-2".to_owned()),
+                Seen::CloseAnswered(2, 4008),
+                Seen::Pong(0),
+                Seen::Pong(1),
+                Seen::Pong(2),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_handshake_is_a_failed_connection() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let port = listener
+            .local_addr()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .port();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap_or_else(|e| panic!("{e}"));
+            let mut request = vec![0; 4096];
+            let _ = stream.read(&mut request).await;
+            let _ = stream
+                .write_all(b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\n\r\n")
+                .await;
+        });
+        let share = Share {
+            ws_urls: vec![format!("ws://127.0.0.1:{port}/api/v1/ws")],
+            tokens: vec!["expired".to_owned()],
+            source_addresses: vec![IpAddr::from([127, 0, 0, 1])],
+            connections: vec![Planned {
+                node: 0,
+                source: 0,
+                user: 0,
+            }],
+            connect_concurrency: 1,
+            connect_seconds: 10.0,
+            broadcast_text: "idle-broadcast".to_owned(),
+        };
+        let mut holding = Holding::new(&share.broadcast_text).unwrap_or_else(|e| panic!("{e}"));
+        let connected = holding
+            .open(&share, Instant::now() + Duration::from_secs(10))
+            .await;
+        assert_eq!((connected.opened(), connected.failed), (0, 1));
+        assert!(
+            connected.error_samples[0].contains("401 Unauthorized"),
+            "{:?}",
+            connected.error_samples
+        );
     }
 }

@@ -248,7 +248,10 @@ impl Holding {
         self.poller
             .add(
                 &opened.stream,
-                EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP, token),
+                EpollEvent::new(
+                    EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLET,
+                    token,
+                ),
             )
             .context("adding the socket to the reader's epoll")?;
         let watched = Watched {
@@ -285,8 +288,9 @@ struct Watched {
     arrived: bool,
 }
 
-/// The reader thread: one `epoll` over every socket of the process, level-triggered, one read
-/// per readable socket per round.
+/// The reader thread: one `epoll` over every socket of the process, edge-triggered (a socket
+/// read is not polled again by the next wait), each readable socket read until a read comes
+/// back short: usually one read per frame.
 struct Reader {
     poller: Arc<Epoll>,
     taken: std::sync::mpsc::Receiver<(u64, Watched)>,
@@ -303,7 +307,7 @@ impl Reader {
         let mut buffer = vec![0u8; READ_BUFFER];
         let mut replies = Vec::new();
         while !self.stop.load(Ordering::Relaxed) {
-            self.take_handed(&mut replies);
+            self.take_handed(&mut buffer, &mut replies);
             let count = match self.poller.wait(&mut ready, READER_TICK_MS) {
                 Ok(count) => count,
                 Err(nix::errno::Errno::EINTR) => continue,
@@ -315,7 +319,7 @@ impl Reader {
             for event in &ready[..count] {
                 let token = event.data() as usize;
                 if self.sockets.get(token).is_none() {
-                    self.take_handed(&mut replies);
+                    self.take_handed(&mut buffer, &mut replies);
                 }
                 let open = match self.sockets.get_mut(token) {
                     Some(Some(socket)) => socket.read(
@@ -324,7 +328,7 @@ impl Reader {
                         &self.events,
                         &self.broadcast_text,
                     ),
-                    // Closed already, or (level-triggered) reported again next round.
+                    // Closed already, or not handed over yet: its first read comes then.
                     _ => continue,
                 };
                 if !open {
@@ -334,14 +338,16 @@ impl Reader {
         }
     }
 
-    /// Takes the sockets handed over since the last look, and the frames that came with them.
-    fn take_handed(&mut self, replies: &mut Vec<u8>) {
+    /// Takes the sockets handed over since the last look, the frames that came with them and
+    /// whatever they have received since: an edge before the handover found no socket.
+    fn take_handed(&mut self, buffer: &mut [u8], replies: &mut Vec<u8>) {
         while let Ok((token, mut socket)) = self.taken.try_recv() {
             let token = token as usize;
             if self.sockets.len() <= token {
                 self.sockets.resize_with(token + 1, || None);
             }
-            let open = socket.consume(replies, &self.events, &self.broadcast_text);
+            let open = socket.consume(replies, &self.events, &self.broadcast_text)
+                && socket.read(buffer, replies, &self.events, &self.broadcast_text);
             self.sockets[token] = Some(socket);
             if !open {
                 self.close(token);
@@ -360,7 +366,8 @@ impl Reader {
 }
 
 impl Watched {
-    /// One read from the socket, and the frames it completes. False once the socket is done.
+    /// Reads the socket until it has nothing more (a read short of the buffer), and takes the
+    /// frames it completes. False once the socket is done.
     fn read(
         &mut self,
         buffer: &mut [u8],
@@ -368,20 +375,34 @@ impl Watched {
         events: &mpsc::UnboundedSender<SocketEvent>,
         broadcast_text: &str,
     ) -> bool {
-        match (&self.stream).read(buffer) {
-            Ok(0) => false,
-            Ok(read) => {
+        loop {
+            let read = match (&self.stream).read(buffer) {
+                Ok(0) => return false,
+                Ok(read) => read,
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => return true,
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => return false,
+            };
+            // Frames are taken from the read buffer itself; only an incomplete one is kept.
+            if self.pending.is_empty() {
+                let Some(used) = self.frames(&buffer[..read], replies, events, broadcast_text)
+                else {
+                    return false;
+                };
+                self.pending.extend_from_slice(&buffer[used..read]);
+            } else {
                 self.pending.extend_from_slice(&buffer[..read]);
-                self.consume(replies, events, broadcast_text)
+                if !self.consume(replies, events, broadcast_text) {
+                    return false;
+                }
             }
-            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => true,
-            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => true,
-            Err(_) => false,
+            if read < buffer.len() {
+                return true;
+            }
         }
     }
 
-    /// Takes the complete frames in `pending`: notes the broadcast, answers pings and a close.
-    /// False once the socket is done (closed, or a protocol error).
+    /// Takes the complete frames in `pending`. False once the socket is done.
     fn consume(
         &mut self,
         replies: &mut Vec<u8>,
@@ -391,26 +412,42 @@ impl Watched {
         if self.pending.is_empty() {
             return true;
         }
+        let pending = std::mem::take(&mut self.pending);
+        let Some(used) = self.frames(&pending, replies, events, broadcast_text) else {
+            return false;
+        };
+        self.pending = pending;
+        self.pending.drain(..used);
+        true
+    }
+
+    /// Takes the complete frames at the start of `bytes`: notes the broadcast, answers pings
+    /// and a close. The bytes used, or `None` once the socket is done (closed, or a protocol
+    /// error).
+    fn frames(
+        &mut self,
+        bytes: &[u8],
+        replies: &mut Vec<u8>,
+        events: &mpsc::UnboundedSender<SocketEvent>,
+        broadcast_text: &str,
+    ) -> Option<usize> {
         replies.clear();
         let arrived = &mut self.arrived;
         let node = self.node;
-        let used = self.incoming.take(&self.pending, replies, |text| {
+        let used = self.incoming.take(bytes, replies, |text| {
             if !*arrived && text.contains("\"message.created\"") && text.contains(broadcast_text) {
                 *arrived = true;
                 let _ = events.send(SocketEvent::Arrived(unix_ns(), node));
             }
             ControlFlow::Continue(())
         });
-        let Ok(used) = used else {
-            return false;
-        };
-        self.pending.drain(..used);
+        let used = used.ok()?;
         // A pong or a close answer is a few bytes on a socket with nothing else to send: it
         // goes out whole or the socket is broken.
         if !replies.is_empty() && (&self.stream).write_all(replies).is_err() {
-            return false;
+            return None;
         }
-        !self.incoming.closed
+        (!self.incoming.closed).then_some(used)
     }
 }
 

@@ -13,7 +13,6 @@ use query_api::QueryState;
 use sessions::{JwtSecret, Revocations, Tokens};
 use socket_push::PushState;
 use sqlx::PgPool;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use store::AggregateStore;
@@ -379,8 +378,8 @@ impl App {
         let address = listener.local_addr()?;
         tracing::info!(%address, roles = ?self.roles, "chatd listening");
         let server = axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
+            web::socket::Listener::new(listener),
+            router.into_make_service_with_connect_info::<web::socket::Peer>(),
         )
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());
         let served = server.await.context("serving HTTP");

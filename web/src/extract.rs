@@ -159,8 +159,11 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientAddress {
         }
         let address = parts
             .extensions
-            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-            .map_or_else(|| "unknown".to_owned(), |info| info.0.ip().to_string());
+            .get::<axum::extract::ConnectInfo<crate::socket::Peer>>()
+            .map_or_else(
+                || "unknown".to_owned(),
+                |info| info.0.address.ip().to_string(),
+            );
         Ok(Self(address))
     }
 }

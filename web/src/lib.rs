@@ -8,6 +8,7 @@
 //! - [`middleware`]: request ids, request metrics.
 //! - [`dto`]: wire types and the time format of the contract.
 //! - [`media_links`]: signed, time-limited links to stored images.
+//! - [`socket`]: the TCP listener and connections, with a write side others may share.
 
 pub mod consistency;
 pub mod dto;
@@ -15,6 +16,7 @@ pub mod error;
 pub mod extract;
 pub mod media_links;
 pub mod middleware;
+pub mod socket;
 
 pub use error::ApiError;
 pub use extract::{ApiJson, Authenticator, Caller, ClientAddress, RequestId};

@@ -10,7 +10,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::{ClientAddress, RequestId};
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 pub const REQUEST_ID: &str = "x-request-id";
@@ -80,8 +80,8 @@ pub async fn client_address(
 ) -> Response {
     let peer = request
         .extensions()
-        .get::<axum::extract::ConnectInfo<SocketAddr>>()
-        .map(|info| info.0.ip());
+        .get::<axum::extract::ConnectInfo<crate::socket::Peer>>()
+        .map(|info| info.0.address.ip());
     let forwarded = request
         .headers()
         .get_all("x-forwarded-for")

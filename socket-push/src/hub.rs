@@ -12,6 +12,9 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use uuid::Uuid;
+use web::socket::Writer;
+
+use crate::direct::Direct;
 
 /// Frames a connection may have waiting before it counts as too slow (by default).
 pub const OUTBOUND_QUEUE: usize = 1024;
@@ -72,6 +75,8 @@ struct Entry {
     /// Frames go through the queue behind an `Arc`: a queue slot is then 8 bytes, and every
     /// idle connection holds a first block of 32 slots (1.75 KiB with the frame in the slot).
     sender: mpsc::Sender<Arc<Outbound>>,
+    /// Writes a frame straight into the socket when it can go at once (ADR 0022).
+    direct: Arc<Direct>,
     kick: Arc<Kick>,
     /// When the node's upkeep next refreshes this connection (see [`crate::upkeep`]).
     upkeep_due: Instant,
@@ -144,6 +149,8 @@ impl Kick {
 pub struct Registration {
     pub connection_id: Uuid,
     pub outbound: mpsc::Receiver<Arc<Outbound>>,
+    /// The fan-out's way straight into the socket, which the task opens once `ready` is out.
+    pub direct: Arc<Direct>,
     /// Set when the connection must close, with its code.
     pub kick: Arc<Kick>,
 }
@@ -190,16 +197,25 @@ impl Hub {
     }
 
     /// Registers a connection of `user_id` opened with the token `token_id` of session
-    /// `session_id` (so a revocation of either closes it).
-    pub fn register(&self, user_id: Uuid, token_id: Uuid, session_id: Uuid) -> Registration {
+    /// `session_id` (so a revocation of either closes it). With its socket's `writer`, frames
+    /// may go straight into the socket.
+    pub fn register(
+        &self,
+        user_id: Uuid,
+        token_id: Uuid,
+        session_id: Uuid,
+        writer: Option<Arc<Writer>>,
+    ) -> Registration {
         let (sender, outbound) = mpsc::channel(self.queue_capacity);
         let connection_id = Uuid::now_v7();
         let kick = Arc::new(Kick::default());
+        let direct = Arc::new(Direct::new(writer));
         let entry = Entry {
             connection_id,
             token_id,
             session_id,
             sender,
+            direct: direct.clone(),
             kick: kick.clone(),
             // The connection adds its own entry to the user map as it opens.
             upkeep_due: Instant::now() + self.heartbeat,
@@ -211,6 +227,7 @@ impl Hub {
         Registration {
             connection_id,
             outbound,
+            direct,
             kick,
         }
     }
@@ -227,9 +244,9 @@ impl Hub {
         metrics::gauge!("chat_ws_connections").decrement(1.0);
     }
 
-    /// Queues a frame on every connection of `user_id` here. A full queue kicks that
-    /// connection; the others still get the frame.
-    /// `frame` is only built when the user has a connection here.
+    /// Sends a frame to every connection of `user_id` here: straight into the socket of an
+    /// idle one, through the queue otherwise. A full queue kicks that connection; the others
+    /// still get the frame. `frame` is only built when the user has a connection here.
     pub fn deliver(&self, user_id: Uuid, frame: impl FnOnce() -> Outbound) {
         let Ok(connections) = self.connections.lock() else {
             return;
@@ -239,7 +256,7 @@ impl Hub {
         };
         let frame = Arc::new(frame());
         for entry in entries {
-            if entry.sender.try_send(frame.clone()).is_err() {
+            if entry.direct.deliver(&frame, &entry.sender).is_err() {
                 entry.kick.kick(TOO_SLOW);
             }
         }

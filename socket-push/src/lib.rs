@@ -6,6 +6,7 @@
 //! - [`frames`]: the client frames and how each is carried out.
 //! - [`asyncapi`]: the protocol's AsyncAPI 3 document.
 //! - [`delivery`]: frames to users on this node or any other.
+//! - [`direct`]: frames the fan-out writes straight into idle connections' sockets.
 //! - [`hub`]: this node's connections by user, with bounded outbound queues.
 //! - [`presence`]: online/offline announcements to the users who share a conversation.
 //! - [`push`]: the push router: recipients of each event, their inboxes (cursors), delivery.
@@ -14,8 +15,9 @@
 //!   batches, once per heartbeat period.
 //! - [`node`]: this node's queue, through which routers on other nodes reach its connections.
 
+use axum::Extension;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
-use axum::extract::{FromRef, Query, State};
+use axum::extract::{ConnectInfo, FromRef, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -23,10 +25,12 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
+use web::socket::Peer;
 use web::{ApiError, Authenticator, Caller};
 
 pub mod asyncapi;
 pub mod delivery;
+pub mod direct;
 pub mod frames;
 pub mod hub;
 pub mod node;
@@ -83,6 +87,7 @@ pub async fn connect(
     State(state): State<PushState>,
     headers: HeaderMap,
     Query(query): Query<ConnectQuery>,
+    peer: Option<Extension<ConnectInfo<Peer>>>,
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
     if let Some(origin) = headers
@@ -112,6 +117,7 @@ pub async fn connect(
         )
     })?;
     let caller = state.authenticator.authenticate(&token).await?;
+    let writer = peer.map(|Extension(ConnectInfo(peer))| peer.writer);
     Ok(upgrade
         .max_message_size(MAX_FRAME_BYTES)
         .max_frame_size(MAX_FRAME_BYTES)
@@ -119,7 +125,7 @@ pub async fn connect(
         // connection holds this buffer, so it is kept to 1 KiB (measured in `loadgen idle`).
         .read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(4 * 1024)
-        .on_upgrade(move |socket| serve_connection(socket, caller, state, query.cursor))
+        .on_upgrade(move |socket| serve_connection(socket, caller, state, query.cursor, writer))
         .into_response())
 }
 
@@ -128,15 +134,18 @@ async fn serve_connection(
     caller: Caller,
     state: PushState,
     resume_from: Option<String>,
+    writer: Option<Arc<web::socket::Writer>>,
 ) {
     let user_id = caller.user_id;
     let registration = state
         .hub
-        .register(user_id, caller.claims.jti, caller.claims.sid);
+        .register(user_id, caller.claims.jti, caller.claims.sid, writer);
     let connection_id = registration.connection_id;
+    let direct = registration.direct.clone();
     if let Err(error) = run_connection(socket, &caller, &state, registration, resume_from).await {
         tracing::debug!(%error, %connection_id, "websocket closed");
     }
+    direct.close();
     state.hub.unregister(user_id, connection_id);
     let last_here = !state.hub.is_connected(user_id);
     if let Err(error) = Box::pin(
@@ -214,23 +223,45 @@ async fn run_connection(
     let heartbeat_every = state.hub.heartbeat();
     let mut heartbeat = tokio::time::interval(heartbeat_every);
     heartbeat.tick().await;
-    let mut last_sent = tokio::time::Instant::now();
+    let last_sent = tokio::time::Instant::now();
     // Each tick is due a period after the last frame, not on a grid of its own: a tick a
     // moment before `last_sent + period` would only re-arm itself and wake the task again.
     heartbeat.reset();
-    let kick = registration.kick.clone();
     let wakes = wakes::Wakes::default();
+    // From here on the fan-out may write frames straight into the socket (ADR 0022).
+    let direct = registration.direct.clone();
+    direct.open(sent_up_to, wakes.waker(wakes::Source::Flush));
+    let outcome = serve_frames(
+        &mut socket,
+        caller,
+        state,
+        &mut registration,
+        &wakes,
+        heartbeat,
+        last_sent,
+    )
+    .await;
+    direct.close();
+    outcome
+}
+
+/// The connection's life after `ready`: frames out and in, heartbeats, the kick.
+async fn serve_frames(
+    socket: &mut WebSocket,
+    caller: &Caller,
+    state: &PushState,
+    registration: &mut hub::Registration,
+    wakes: &wakes::Wakes,
+    mut heartbeat: tokio::time::Interval,
+    mut last_sent: tokio::time::Instant,
+) -> anyhow::Result<()> {
+    let heartbeat_every = state.hub.heartbeat();
+    let kick = registration.kick.clone();
+    let direct = registration.direct.clone();
     loop {
-        match next_wake(
-            &wakes,
-            &kick,
-            &mut heartbeat,
-            &mut registration,
-            &mut socket,
-        )
-        .await
-        {
+        match next_wake(wakes, &kick, &mut heartbeat, registration, socket).await {
             Wake::Kicked => {
+                direct.close();
                 let code = registration.close_code();
                 let reason = if code == hub::REVOKED {
                     "token revoked"
@@ -247,6 +278,9 @@ async fn run_connection(
                 return Ok(());
             }
             Wake::Heartbeat => {
+                if let Some(last_direct) = direct.last_direct() {
+                    last_sent = last_sent.max(last_direct);
+                }
                 let quiet_until = last_sent + heartbeat_every;
                 if tokio::time::Instant::now() < quiet_until {
                     heartbeat.reset_at(quiet_until);
@@ -261,10 +295,10 @@ async fn run_connection(
             Wake::Outbound(None) => return Ok(()),
             Wake::Outbound(Some(first)) => {
                 let mut sending = std::pin::pin!(send_queued(
-                    &mut socket,
+                    socket,
                     first,
                     &mut registration.outbound,
-                    &mut sent_up_to
+                    &direct
                 ));
                 // Most sends complete at once; only one that waits for the client races the
                 // kick (a client that stops reading blocks it, and the kick must get through).
@@ -281,11 +315,22 @@ async fn run_connection(
                 }
                 last_sent = tokio::time::Instant::now();
             }
+            Wake::Flush => {
+                // A frame the fan-out wrote straight to the socket did not go out whole:
+                // finish it, racing the kick as a send does.
+                let mut flushing = std::pin::pin!(futures::SinkExt::flush(socket));
+                tokio::select! {
+                    flushed = &mut flushing => flushed?,
+                    () = kick.kicked() => {}
+                }
+                wakes.mark(wakes::Source::Kick);
+            }
             Wake::Frame(frame) => {
                 let frame = match frame {
                     Some(Ok(frame)) => frame,
                     Some(Err(error)) => {
                         if is_too_big(error) {
+                            direct.close();
                             let close = CloseFrame {
                                 code: close_code::SIZE,
                                 reason: "frames are limited to 64 KiB".into(),
@@ -309,7 +354,7 @@ async fn run_connection(
                     _ => None,
                 };
                 if let Some(reply) = reply {
-                    send_text(&mut socket, &reply.to_string()).await?;
+                    send_text(socket, &reply.to_string()).await?;
                     last_sent = tokio::time::Instant::now();
                 }
             }
@@ -322,6 +367,8 @@ async fn run_connection(
 enum Wake {
     Kicked,
     Heartbeat,
+    /// The fan-out left part of a frame for the task to write.
+    Flush,
     Outbound(Option<Arc<Outbound>>),
     Frame(Option<Result<Message, axum::Error>>),
 }
@@ -353,6 +400,10 @@ async fn next_wake(
                 .is_ready()
         {
             Wake::Heartbeat
+        } else if woken.contains(Source::Flush) {
+            // Nothing to poll again: the flush itself is the task's to do.
+            wakes.keep(woken.without(Source::Flush));
+            return Poll::Ready(Wake::Flush);
         } else if let Poll::Ready(frame) = registration.outbound.poll_recv(context) {
             Wake::Outbound(frame)
         } else if woken.contains(Source::Socket)
@@ -404,27 +455,22 @@ return bounds
 const FRAMES_PER_FLUSH: usize = 64;
 
 /// Sends `first` and whatever else is already queued (up to [`FRAMES_PER_FLUSH`]) with one
-/// flush, skipping event frames at or before `sent_up_to` (a resume's replay sent them).
+/// flush, skipping event frames at or before the newest sent (a resume's replay or the
+/// fan-out sent them). The fan-out writes to the socket again once all are written.
 async fn send_queued(
     socket: &mut WebSocket,
     first: Arc<Outbound>,
     queue: &mut tokio::sync::mpsc::Receiver<Arc<Outbound>>,
-    sent_up_to: &mut Cursor,
+    direct: &direct::Direct,
 ) -> anyhow::Result<()> {
     use futures::SinkExt;
     let mut next = Some(first);
     let mut written = 0;
+    let mut taken = 0;
     while let Some(frame) = next.take() {
+        taken += 1;
         let Outbound { cursor, text } = frame.as_ref().clone();
-        let fresh = match cursor {
-            Some(cursor) if cursor <= *sent_up_to => false,
-            Some(cursor) => {
-                *sent_up_to = cursor;
-                true
-            }
-            None => true,
-        };
-        if fresh {
+        if direct.take_fresh(cursor) {
             // The text is shared with every other connection it goes to: no copy here.
             socket.feed(Message::Text(text)).await?;
             written += 1;
@@ -436,6 +482,7 @@ async fn send_queued(
     if written > 0 {
         socket.flush().await?;
     }
+    direct.written(taken);
     Ok(())
 }
 

@@ -16,9 +16,11 @@ pub enum Source {
     Kick = 0,
     Heartbeat = 1,
     Socket = 2,
+    /// The fan-out left part of a frame in the socket's writer ([`crate::direct`]).
+    Flush = 3,
 }
 
-const SOURCES: usize = 3;
+const SOURCES: usize = 4;
 
 /// The sources' marks and the task to wake.
 #[derive(Default)]
@@ -66,6 +68,7 @@ impl Default for Wakes {
             waker(Source::Kick),
             waker(Source::Heartbeat),
             waker(Source::Socket),
+            waker(Source::Flush),
         ];
         Self { shared, wakers }
     }
@@ -78,6 +81,11 @@ pub struct Woken(u8);
 impl Woken {
     pub fn contains(self, source: Source) -> bool {
         self.0 & (1 << source as u8) != 0
+    }
+
+    /// These marks but `source`'s.
+    pub fn without(self, source: Source) -> Self {
+        Self(self.0 & !(1 << source as u8))
     }
 }
 
@@ -105,6 +113,11 @@ impl Wakes {
     /// The context to poll `source` with: its waker marks it.
     pub fn context(&self, source: Source) -> Context<'_> {
         Context::from_waker(&self.wakers[source as usize])
+    }
+
+    /// `source`'s waker, for a source outside the task to wake it with.
+    pub fn waker(&self, source: Source) -> Waker {
+        self.wakers[source as usize].clone()
     }
 }
 

@@ -897,12 +897,9 @@ async fn the_asyncapi_document_covers_every_frame_the_code_sends_or_accepts() {
     }
 }
 
-#[tokio::test]
-async fn a_connection_that_cannot_keep_up_is_closed_with_4008_and_resumes() {
-    let mut settings = crate::helpers::fresh_settings();
-    settings.ws_outbound_queue = 8;
-    // Small kernel buffers on both ends, so a client that stops reading fills the server's
-    // outbound queue after a few frames instead of after megabytes.
+/// An app whose sockets have small kernel send buffers, so that a client that stops reading
+/// fills them after a few frames instead of after megabytes.
+async fn app_with_small_socket_buffers(settings: chatd::Settings) -> TestApp {
     let listener = tokio::net::TcpSocket::new_v4().unwrap_or_else(|error| panic!("{error}"));
     listener
         .set_send_buffer_size(4096)
@@ -917,10 +914,11 @@ async fn a_connection_that_cannot_keep_up_is_closed_with_4008_and_resumes() {
     let listener = listener
         .listen(128)
         .unwrap_or_else(|error| panic!("{error}"));
-    let app = crate::helpers::spawn_app_on(settings, chatd::Roles::ALL, listener).await;
-    let alice = app.register("alice").await;
-    let bob = app.register("bob").await;
-    // Bob's client reads nothing, through a small receive buffer.
+    crate::helpers::spawn_app_on(settings, chatd::Roles::ALL, listener).await
+}
+
+/// A client socket with a small receive buffer, read by nobody until the test reads it.
+async fn connect_with_small_receive_buffer(app: &TestApp, token: &str) -> Socket {
     let socket = tokio::net::TcpSocket::new_v4().unwrap_or_else(|error| panic!("{error}"));
     socket
         .set_recv_buffer_size(4096)
@@ -934,13 +932,25 @@ async fn a_connection_that_cannot_keep_up_is_closed_with_4008_and_resumes() {
         .connect(address)
         .await
         .unwrap_or_else(|error| panic!("{error}"));
-    let request = ws_url(&app, &format!("?access_token={}", bob.access_token))
+    let request = ws_url(app, &format!("?access_token={token}"))
         .into_client_request()
         .unwrap_or_else(|error| panic!("{error}"));
-    let (mut slow, _) =
+    let (socket, _) =
         tokio_tungstenite::client_async(request, tokio_tungstenite::MaybeTlsStream::Plain(stream))
             .await
             .unwrap_or_else(|error| panic!("{error}"));
+    socket
+}
+
+#[tokio::test]
+async fn a_connection_that_cannot_keep_up_is_closed_with_4008_and_resumes() {
+    let mut settings = crate::helpers::fresh_settings();
+    settings.ws_outbound_queue = 8;
+    let app = app_with_small_socket_buffers(settings).await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    // Bob's client reads nothing, through a small receive buffer.
+    let mut slow = connect_with_small_receive_buffer(&app, &bob.access_token).await;
     let cursor = ready(&mut slow).await["cursor"]
         .as_str()
         .unwrap_or_default()
@@ -994,6 +1004,52 @@ async fn a_connection_that_cannot_keep_up_is_closed_with_4008_and_resumes() {
         }
     }
     assert_eq!(seqs, (1..=100).collect::<Vec<i64>>());
+}
+
+#[tokio::test]
+async fn a_client_that_pauses_reading_gets_every_frame_whole_and_in_order() {
+    // While bob's client reads nothing, the fan-out writes frames straight into his socket
+    // until it takes one only in part (ADR 0022): the rest of that frame, then the frames
+    // queued behind it, go out once he reads again. Small frames (one joined buffer) and
+    // large ones (written from their parts) alternate.
+    let app = app_with_small_socket_buffers(crate::helpers::fresh_settings()).await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let mut paused = connect_with_small_receive_buffer(&app, &bob.access_token).await;
+    ready(&mut paused).await;
+    let conversation = json_body(
+        app.post(
+            "/api/v1/conversations",
+            Some(&alice.access_token),
+            &json!({"type": "direct", "user_id": bob.id}),
+        )
+        .await,
+    )
+    .await;
+    let id = conversation["id"].as_str().unwrap_or_default().to_owned();
+    let body = |index: usize| {
+        let fill = if index.is_multiple_of(2) { 1_000 } else { 3_000 };
+        format!("{index}:{}", "x".repeat(fill))
+    };
+    for index in 0..200 {
+        let response = app
+            .post(
+                &format!("/api/v1/conversations/{id}/messages"),
+                Some(&alice.access_token),
+                &json!({"body": body(index)}),
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+    }
+    let mut seqs = Vec::new();
+    while seqs.len() < 200 {
+        let event = next_event(&mut paused).await;
+        if event["event"] == "message.created" {
+            assert_eq!(event["data"]["body"], body(seqs.len()));
+            seqs.push(event["seq"].as_i64().unwrap_or(0));
+        }
+    }
+    assert_eq!(seqs, (1..=200).collect::<Vec<i64>>());
 }
 
 #[tokio::test]
@@ -1141,8 +1197,8 @@ async fn the_upkeep_refreshes_connections_and_closes_the_revoked_ones() {
     let hub = Hub::default().with_heartbeat(period);
     let user_id = Uuid::now_v7();
     let (kept_session, revoked_session) = (Uuid::now_v7(), Uuid::now_v7());
-    let kept = hub.register(user_id, Uuid::now_v7(), kept_session);
-    let revoked = hub.register(user_id, Uuid::now_v7(), revoked_session);
+    let kept = hub.register(user_id, Uuid::now_v7(), kept_session, None);
+    let revoked = hub.register(user_id, Uuid::now_v7(), revoked_session, None);
     // Revoked in Redis; this hub hears no announcement (it has no listener).
     revocations
         .publish_revoked_sessions(&[revoked_session])

@@ -105,6 +105,7 @@ impl App {
         let settings_amqp_url = settings.amqp_url.clone();
         let ws_outbound_queue = settings.ws_outbound_queue;
         let ws_heartbeat = Duration::from_secs(settings.ws_heartbeat_secs);
+        let ws_direct_quiet = Duration::from_millis(settings.ws_direct_quiet_ms);
         let lifetime = Duration::from_secs(settings.access_token_ttl_secs);
         let tokens = Tokens::new(
             &secret,
@@ -133,7 +134,8 @@ impl App {
             redis,
             hub: Arc::new(
                 socket_push::hub::Hub::with_queue_capacity(ws_outbound_queue)
-                    .with_heartbeat(ws_heartbeat),
+                    .with_heartbeat(ws_heartbeat)
+                    .with_direct_quiet(ws_direct_quiet),
             ),
             node_id: uuid::Uuid::now_v7(),
             push_link: Arc::new(bus::SharedConnection::new(&settings_amqp_url, "chatd-push")),

@@ -161,6 +161,12 @@ pub struct Settings {
     #[arg(long, env = "CHAT_WS_HEARTBEAT_SECS", default_value_t = 25,
           value_parser = clap::value_parser!(u64).range(1..=25))]
     pub ws_heartbeat_secs: u64,
+    /// Milliseconds a WebSocket must have been sent nothing for its next frame to be written
+    /// straight into its socket by the fan-out; a busier one gets its frames through its
+    /// queue, batched (ADR 0022). 0 writes straight whenever the socket can take the frame.
+    #[arg(long, env = "CHAT_WS_DIRECT_QUIET_MS", default_value_t = 100,
+          value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pub ws_direct_quiet_ms: u64,
     /// Largest JSON request body in bytes.
     #[arg(long, env = "CHAT_MAX_JSON_BYTES", default_value_t = 64 * 1024)]
     pub max_json_bytes: usize,

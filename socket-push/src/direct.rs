@@ -9,6 +9,9 @@
 //! - the connection's task has sent `ready` (and a resume's replay), and has not closed;
 //! - nothing is in its queue, and nothing it took from there is unwritten: frames queued
 //!   earlier go first;
+//! - the connection was sent nothing for a while ([`QUIET`] by default): a connection that
+//!   is sent frames one after another gets them through its queue, where frames that pile
+//!   up while the task waits its turn go out together in one write;
 //! - the socket takes the frame now, and nothing the connection itself writes is part way
 //!   ([`web::socket::Writer`]).
 //!
@@ -18,17 +21,24 @@
 
 use std::sync::{Arc, Mutex};
 use std::task::Waker;
+use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use web::socket::{WriteOutcome, Writer};
 
 use crate::hub::{Cursor, Outbound};
 
+/// How long, by default, a connection must have been sent nothing for a frame to go straight
+/// into its socket.
+pub const QUIET: Duration = Duration::from_millis(100);
+
 /// One connection's direct path, shared by the hub's entry and the connection's task.
 pub struct Direct {
     /// None when the connection was not accepted through `web::socket::Listener`: every frame
     /// then goes through the queue.
     writer: Option<Arc<Writer>>,
+    /// How long the connection must have been sent nothing for a frame to go straight in.
+    quiet: Duration,
     state: Mutex<State>,
 }
 
@@ -42,8 +52,10 @@ struct State {
     /// The newest event frame sent (a resume's replay included): one at or before it is not
     /// sent again.
     sent_up_to: Option<Cursor>,
-    /// When a frame last went out directly: the heartbeat pings only a quiet link.
-    last_direct: Option<Instant>,
+    /// When the connection was last handed a frame straight, or the task last wrote queued
+    /// ones: the heartbeat pings only a quiet link, and only a quiet connection is written
+    /// straight.
+    last_frame: Option<Instant>,
     /// Wakes the task to write what the socket did not take of a direct frame.
     flush: Option<Waker>,
 }
@@ -53,9 +65,10 @@ struct State {
 pub struct Full;
 
 impl Direct {
-    pub fn new(writer: Option<Arc<Writer>>) -> Self {
+    pub fn new(writer: Option<Arc<Writer>>, quiet: Duration) -> Self {
         Self {
             writer,
+            quiet,
             state: Mutex::new(State::default()),
         }
     }
@@ -70,31 +83,20 @@ impl Direct {
         let Ok(mut state) = self.state.lock() else {
             return Err(Full);
         };
-        if state.open
-            && state.queued == 0
-            && let Some(writer) = &self.writer
-        {
-            if let (Some(cursor), Some(sent)) = (frame.cursor, state.sent_up_to)
-                && cursor <= sent
+        // A connection with frames queued is busy: this one queues behind them, and the task
+        // notes the time when it has written them ([`Direct::written`]).
+        if state.queued == 0 {
+            let now = Instant::now();
+            let quiet = state
+                .last_frame
+                .is_none_or(|last| now.saturating_duration_since(last) >= self.quiet);
+            state.last_frame = Some(now);
+            if state.open
+                && quiet
+                && let Some(writer) = &self.writer
+                && Self::write(&mut state, writer, frame)
             {
-                // A resume's replay sent it.
                 return Ok(());
-            }
-            let mut header = [0; 10];
-            let header = text_frame_header(frame.text.len(), &mut header);
-            match writer.try_write_whole(&[header, frame.text.as_bytes()]) {
-                WriteOutcome::Written => {
-                    state.sent(frame.cursor);
-                    return Ok(());
-                }
-                WriteOutcome::Pending => {
-                    state.sent(frame.cursor);
-                    if let Some(flush) = &state.flush {
-                        flush.wake_by_ref();
-                    }
-                    return Ok(());
-                }
-                WriteOutcome::NotWritten => {}
             }
         }
         state.queued += 1;
@@ -103,6 +105,31 @@ impl Direct {
             return Err(Full);
         }
         Ok(())
+    }
+
+    /// Writes `frame` straight into the socket; false when it must be queued instead.
+    fn write(state: &mut State, writer: &Writer, frame: &Outbound) -> bool {
+        if let (Some(cursor), Some(sent)) = (frame.cursor, state.sent_up_to)
+            && cursor <= sent
+        {
+            // A resume's replay sent it.
+            return true;
+        }
+        let mut header = [0; 10];
+        let header = text_frame_header(frame.text.len(), &mut header);
+        let outcome = writer.try_write_whole(&[header, frame.text.as_bytes()]);
+        if outcome == WriteOutcome::NotWritten {
+            return false;
+        }
+        if frame.cursor.is_some() {
+            state.sent_up_to = frame.cursor;
+        }
+        if outcome == WriteOutcome::Pending
+            && let Some(flush) = &state.flush
+        {
+            flush.wake_by_ref();
+        }
+        true
     }
 
     /// The task has sent `ready` (and a replay up to `sent_up_to`): frames may go straight to
@@ -123,41 +150,27 @@ impl Direct {
         }
     }
 
-    /// Whether the task should send a frame it took from the queue: false for an event frame
-    /// at or before the newest one sent. Notes it as the newest when it is one.
-    pub fn take_fresh(&self, cursor: Option<Cursor>) -> bool {
-        let Ok(mut state) = self.state.lock() else {
-            return true;
-        };
-        match (cursor, state.sent_up_to) {
-            (Some(cursor), Some(sent)) if cursor <= sent => false,
-            (Some(_), _) => {
-                state.sent_up_to = cursor;
-                true
-            }
-            (None, _) => true,
-        }
+    /// The newest event frame sent, for the task about to write queued frames. While it
+    /// holds frames taken from the queue, the fan-out writes nothing straight (they count as
+    /// queued until [`Direct::written`]), so the task keeps this cursor alone meanwhile.
+    pub fn sent_up_to(&self) -> Option<Cursor> {
+        self.state.lock().ok().and_then(|state| state.sent_up_to)
     }
 
-    /// The task has written `count` frames it took from the queue (or dropped them as sent).
-    pub fn written(&self, count: usize) {
+    /// The task has written `count` frames it took from the queue (or dropped them as sent),
+    /// the newest event frame among them at `sent_up_to`.
+    pub fn written(&self, count: usize, sent_up_to: Option<Cursor>) {
         if let Ok(mut state) = self.state.lock() {
             state.queued = state.queued.saturating_sub(count);
+            state.sent_up_to = state.sent_up_to.max(sent_up_to);
+            state.last_frame = Some(Instant::now());
         }
     }
 
-    /// When a frame last went straight to the socket.
-    pub fn last_direct(&self) -> Option<Instant> {
-        self.state.lock().ok().and_then(|state| state.last_direct)
-    }
-}
-
-impl State {
-    fn sent(&mut self, cursor: Option<Cursor>) {
-        if cursor.is_some() {
-            self.sent_up_to = cursor;
-        }
-        self.last_direct = Some(Instant::now());
+    /// When the connection was last handed a frame straight, or last had queued ones
+    /// written.
+    pub fn last_frame(&self) -> Option<Instant> {
+        self.state.lock().ok().and_then(|state| state.last_frame)
     }
 }
 
@@ -200,7 +213,7 @@ mod tests {
 
     #[test]
     fn without_a_writer_every_frame_is_queued_and_counted_until_written() {
-        let direct = Direct::new(None);
+        let direct = Direct::new(None, QUIET);
         direct.open(Cursor(5, 0), Waker::noop().clone());
         let (sender, mut receiver) = mpsc::channel(2);
         let frame = Arc::new(Outbound {
@@ -214,10 +227,11 @@ mod tests {
             "the queue is full"
         );
         assert!(receiver.try_recv().is_ok());
-        assert!(direct.take_fresh(Some(Cursor(6, 0))));
-        assert!(!direct.take_fresh(Some(Cursor(6, 0))), "sent already");
-        assert!(!direct.take_fresh(Some(Cursor(4, 0))), "the replay sent it");
-        direct.written(2);
+        assert_eq!(direct.sent_up_to(), Some(Cursor(5, 0)));
+        direct.written(2, Some(Cursor(6, 0)));
         assert_eq!(direct.state.lock().map(|state| state.queued).ok(), Some(0));
+        assert_eq!(direct.sent_up_to(), Some(Cursor(6, 0)));
+        direct.written(0, Some(Cursor(4, 0)));
+        assert_eq!(direct.sent_up_to(), Some(Cursor(6, 0)), "never goes back");
     }
 }

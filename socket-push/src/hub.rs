@@ -167,6 +167,9 @@ pub struct Hub {
     /// The heartbeat period: a connection pings after this long without sending anything,
     /// and its upkeep is due this long after it registered (and after each upkeep).
     heartbeat: Duration,
+    /// How long a connection must have been sent nothing for a frame to go straight into its
+    /// socket ([`crate::direct`]).
+    direct_quiet: Duration,
 }
 
 impl Default for Hub {
@@ -181,6 +184,7 @@ impl Hub {
             connections: Mutex::new(HashMap::new()),
             queue_capacity: queue_capacity.max(1),
             heartbeat: crate::HEARTBEAT,
+            direct_quiet: crate::direct::QUIET,
         }
     }
 
@@ -188,6 +192,13 @@ impl Hub {
     /// one to run the upkeep by hand).
     pub fn with_heartbeat(mut self, every: Duration) -> Self {
         self.heartbeat = every;
+        self
+    }
+
+    /// A hub whose fan-out writes straight into a connection's socket only once it was sent
+    /// nothing for `quiet` (zero: whenever the socket takes the frame).
+    pub fn with_direct_quiet(mut self, quiet: Duration) -> Self {
+        self.direct_quiet = quiet;
         self
     }
 
@@ -209,7 +220,7 @@ impl Hub {
         let (sender, outbound) = mpsc::channel(self.queue_capacity);
         let connection_id = Uuid::now_v7();
         let kick = Arc::new(Kick::default());
-        let direct = Arc::new(Direct::new(writer));
+        let direct = Arc::new(Direct::new(writer, self.direct_quiet));
         let entry = Entry {
             connection_id,
             token_id,

@@ -278,8 +278,8 @@ async fn serve_frames(
                 return Ok(());
             }
             Wake::Heartbeat => {
-                if let Some(last_direct) = direct.last_direct() {
-                    last_sent = last_sent.max(last_direct);
+                if let Some(last_frame) = direct.last_frame() {
+                    last_sent = last_sent.max(last_frame);
                 }
                 let quiet_until = last_sent + heartbeat_every;
                 if tokio::time::Instant::now() < quiet_until {
@@ -467,10 +467,19 @@ async fn send_queued(
     let mut next = Some(first);
     let mut written = 0;
     let mut taken = 0;
+    let mut sent_up_to = direct.sent_up_to();
     while let Some(frame) = next.take() {
         taken += 1;
         let Outbound { cursor, text } = frame.as_ref().clone();
-        if direct.take_fresh(cursor) {
+        let fresh = match (cursor, sent_up_to) {
+            (Some(cursor), Some(sent)) if cursor <= sent => false,
+            (Some(cursor), _) => {
+                sent_up_to = Some(cursor);
+                true
+            }
+            (None, _) => true,
+        };
+        if fresh {
             // The text is shared with every other connection it goes to: no copy here.
             socket.feed(Message::Text(text)).await?;
             written += 1;
@@ -482,7 +491,7 @@ async fn send_queued(
     if written > 0 {
         socket.flush().await?;
     }
-    direct.written(taken);
+    direct.written(taken, sent_up_to);
     Ok(())
 }
 

@@ -23,8 +23,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
-/// Accepts TCP connections for `axum::serve`, with `TCP_NODELAY`, each split into its read
-/// half and a shared [`Writer`].
+/// Accepts TCP connections for `axum::serve`, each split into its read half and a shared
+/// [`Writer`].
 pub struct Listener {
     inner: TcpListener,
 }
@@ -43,8 +43,9 @@ impl axum::serve::Listener for Listener {
         loop {
             match self.inner.accept().await {
                 Ok((stream, address)) => {
-                    // Frames are written whole and at once; none waits for the previous ACK.
-                    let _ = stream.set_nodelay(true);
+                    // Nagle's algorithm stays on, as with axum's own listener: under load it
+                    // joins small writes that would each be a segment (measured: group fan-out
+                    // lost 5–7 % of its frames per second with `TCP_NODELAY`, ADR 0022).
                     let (read, write) = stream.into_split();
                     let writer = Arc::new(Writer {
                         state: Mutex::new(WriterState {

@@ -49,6 +49,7 @@ pub fn fresh_settings() -> Settings {
         sends_per_10_seconds: 1000,
         ws_outbound_queue: 1024,
         ws_heartbeat_secs: 25,
+        ws_direct_quiet_ms: 100,
         max_json_bytes: 64 * 1024,
         trusted_proxies: vec!["127.0.0.1".to_owned()],
         log_format: "text".to_owned(),

@@ -1011,8 +1011,11 @@ async fn a_client_that_pauses_reading_gets_every_frame_whole_and_in_order() {
     // While bob's client reads nothing, the fan-out writes frames straight into his socket
     // until it takes one only in part (ADR 0022): the rest of that frame, then the frames
     // queued behind it, go out once he reads again. Small frames (one joined buffer) and
-    // large ones (written from their parts) alternate.
-    let app = app_with_small_socket_buffers(crate::helpers::fresh_settings()).await;
+    // large ones (written from their parts) alternate. Every frame may go straight in (no
+    // quiet time asked), as at the start of a broadcast.
+    let mut settings = crate::helpers::fresh_settings();
+    settings.ws_direct_quiet_ms = 0;
+    let app = app_with_small_socket_buffers(settings).await;
     let alice = app.register("alice").await;
     let bob = app.register("bob").await;
     let mut paused = connect_with_small_receive_buffer(&app, &bob.access_token).await;
@@ -1028,7 +1031,11 @@ async fn a_client_that_pauses_reading_gets_every_frame_whole_and_in_order() {
     .await;
     let id = conversation["id"].as_str().unwrap_or_default().to_owned();
     let body = |index: usize| {
-        let fill = if index.is_multiple_of(2) { 1_000 } else { 3_000 };
+        let fill = if index.is_multiple_of(2) {
+            1_000
+        } else {
+            3_000
+        };
         format!("{index}:{}", "x".repeat(fill))
     };
     for index in 0..200 {

@@ -9,7 +9,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
-use crate::helpers::{TestApp, json_body, spawn_app};
+use crate::helpers::{TestApp, TestUser, json_body, spawn_app};
 
 pub(crate) type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -897,6 +897,39 @@ async fn the_asyncapi_document_covers_every_frame_the_code_sends_or_accepts() {
     }
 }
 
+/// The direct conversation of `from` and `to`, opened by `from`: its id.
+async fn direct_conversation(app: &TestApp, from: &TestUser, to: &TestUser) -> String {
+    let conversation = json_body(
+        app.post(
+            "/api/v1/conversations",
+            Some(&from.access_token),
+            &json!({"type": "direct", "user_id": to.id}),
+        )
+        .await,
+    )
+    .await;
+    conversation["id"].as_str().unwrap_or_default().to_owned()
+}
+
+/// Sends each body to conversation `id` as `from`, one after another, over REST.
+async fn post_messages(
+    app: &TestApp,
+    from: &TestUser,
+    id: &str,
+    bodies: impl IntoIterator<Item = String>,
+) {
+    for body in bodies {
+        let response = app
+            .post(
+                &format!("/api/v1/conversations/{id}/messages"),
+                Some(&from.access_token),
+                &json!({"body": body}),
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+    }
+}
+
 /// An app whose sockets have small kernel send buffers, so that a client that stops reading
 /// fills them after a few frames instead of after megabytes.
 async fn app_with_small_socket_buffers(settings: chatd::Settings) -> TestApp {
@@ -955,27 +988,8 @@ async fn a_connection_that_cannot_keep_up_is_closed_with_4008_and_resumes() {
         .as_str()
         .unwrap_or_default()
         .to_owned();
-    let conversation = json_body(
-        app.post(
-            "/api/v1/conversations",
-            Some(&alice.access_token),
-            &json!({"type": "direct", "user_id": bob.id}),
-        )
-        .await,
-    )
-    .await;
-    let id = conversation["id"].as_str().unwrap_or_default().to_owned();
-    let body = "x".repeat(3900);
-    for _ in 0..100 {
-        let response = app
-            .post(
-                &format!("/api/v1/conversations/{id}/messages"),
-                Some(&alice.access_token),
-                &json!({"body": body}),
-            )
-            .await;
-        assert_eq!(response.status(), StatusCode::CREATED);
-    }
+    let id = direct_conversation(&app, &alice, &bob).await;
+    post_messages(&app, &alice, &id, (0..100).map(|_| "x".repeat(3900))).await;
     // Reading now: frames, then the close with 4008 (never a silent gap).
     let code = close_code(&mut slow, Duration::from_secs(20)).await;
     assert_eq!(code, Some(4008));
@@ -1020,16 +1034,7 @@ async fn a_client_that_pauses_reading_gets_every_frame_whole_and_in_order() {
     let bob = app.register("bob").await;
     let mut paused = connect_with_small_receive_buffer(&app, &bob.access_token).await;
     ready(&mut paused).await;
-    let conversation = json_body(
-        app.post(
-            "/api/v1/conversations",
-            Some(&alice.access_token),
-            &json!({"type": "direct", "user_id": bob.id}),
-        )
-        .await,
-    )
-    .await;
-    let id = conversation["id"].as_str().unwrap_or_default().to_owned();
+    let id = direct_conversation(&app, &alice, &bob).await;
     let body = |index: usize| {
         let fill = if index.is_multiple_of(2) {
             1_000
@@ -1038,16 +1043,7 @@ async fn a_client_that_pauses_reading_gets_every_frame_whole_and_in_order() {
         };
         format!("{index}:{}", "x".repeat(fill))
     };
-    for index in 0..200 {
-        let response = app
-            .post(
-                &format!("/api/v1/conversations/{id}/messages"),
-                Some(&alice.access_token),
-                &json!({"body": body(index)}),
-            )
-            .await;
-        assert_eq!(response.status(), StatusCode::CREATED);
-    }
+    post_messages(&app, &alice, &id, (0..200).map(body)).await;
     let mut seqs = Vec::new();
     while seqs.len() < 200 {
         let event = next_event(&mut paused).await;
@@ -1069,26 +1065,8 @@ async fn a_push_router_that_crashes_mid_batch_pushes_each_event_once_in_order() 
     let app = crate::helpers::spawn_app_with(crate::helpers::fresh_settings(), roles).await;
     let alice = app.register("alice").await;
     let bob = app.register("bob").await;
-    let conversation = json_body(
-        app.post(
-            "/api/v1/conversations",
-            Some(&alice.access_token),
-            &json!({"type": "direct", "user_id": bob.id}),
-        )
-        .await,
-    )
-    .await;
-    let id = conversation["id"].as_str().unwrap_or_default().to_owned();
-    for index in 1..=12 {
-        let response = app
-            .post(
-                &format!("/api/v1/conversations/{id}/messages"),
-                Some(&alice.access_token),
-                &json!({"body": format!("m{index}")}),
-            )
-            .await;
-        assert_eq!(response.status(), StatusCode::CREATED);
-    }
+    let id = direct_conversation(&app, &alice, &bob).await;
+    post_messages(&app, &alice, &id, (1..=12).map(|index| format!("m{index}"))).await;
     let redis = sessions::redis_connect(&app.settings.redis_url)
         .await
         .unwrap_or_else(|error| panic!("{error}"));

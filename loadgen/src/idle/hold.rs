@@ -661,8 +661,7 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn the_reader_times_the_broadcast_answers_pings_and_counts_closed_sockets() {
+    async fn listen() -> (tokio::net::TcpListener, u16) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .unwrap_or_else(|e| panic!("{e}"));
@@ -670,23 +669,34 @@ mod tests {
             .local_addr()
             .unwrap_or_else(|e| panic!("{e}"))
             .port();
-        let (seen_sender, mut seen) = mpsc::unbounded_channel();
-        tokio::spawn(serve(listener, 3, seen_sender));
-        let share = Share {
+        (listener, port)
+    }
+
+    /// One connection per token to the server on `port`, from 127.0.0.1.
+    fn share(port: u16, tokens: Vec<String>) -> Share {
+        Share {
             ws_urls: vec![format!("ws://127.0.0.1:{port}/api/v1/ws")],
-            tokens: (0..3).map(|user| format!("token-{user}")).collect(),
-            source_addresses: vec![IpAddr::from([127, 0, 0, 1])],
-            connections: (0..3)
+            connections: (0..tokens.len())
                 .map(|user| Planned {
                     node: 0,
                     source: 0,
                     user,
                 })
                 .collect(),
+            tokens,
+            source_addresses: vec![IpAddr::from([127, 0, 0, 1])],
             connect_concurrency: 1,
             connect_seconds: 10.0,
             broadcast_text: "idle-broadcast".to_owned(),
-        };
+        }
+    }
+
+    #[tokio::test]
+    async fn the_reader_times_the_broadcast_answers_pings_and_counts_closed_sockets() {
+        let (listener, port) = listen().await;
+        let (seen_sender, mut seen) = mpsc::unbounded_channel();
+        tokio::spawn(serve(listener, 3, seen_sender));
+        let share = share(port, (0..3).map(|user| format!("token-{user}")).collect());
         let started = unix_ns();
         let mut holding = Holding::new(&share.broadcast_text).unwrap_or_else(|e| panic!("{e}"));
         let connected = holding
@@ -736,13 +746,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_refused_handshake_is_a_failed_connection() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        let port = listener
-            .local_addr()
-            .unwrap_or_else(|e| panic!("{e}"))
-            .port();
+        let (listener, port) = listen().await;
         tokio::spawn(async move {
             let (mut stream, _) = listener.accept().await.unwrap_or_else(|e| panic!("{e}"));
             let mut request = vec![0; 4096];
@@ -751,19 +755,7 @@ mod tests {
                 .write_all(b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\n\r\n")
                 .await;
         });
-        let share = Share {
-            ws_urls: vec![format!("ws://127.0.0.1:{port}/api/v1/ws")],
-            tokens: vec!["expired".to_owned()],
-            source_addresses: vec![IpAddr::from([127, 0, 0, 1])],
-            connections: vec![Planned {
-                node: 0,
-                source: 0,
-                user: 0,
-            }],
-            connect_concurrency: 1,
-            connect_seconds: 10.0,
-            broadcast_text: "idle-broadcast".to_owned(),
-        };
+        let share = share(port, vec!["expired".to_owned()]);
         let mut holding = Holding::new(&share.broadcast_text).unwrap_or_else(|e| panic!("{e}"));
         let connected = holding
             .open(&share, Instant::now() + Duration::from_secs(10))

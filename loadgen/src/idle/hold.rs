@@ -458,14 +458,20 @@ pub fn unix_ns() -> u64 {
         .map_or(0, |elapsed| elapsed.as_nanos() as u64)
 }
 
-/// The address of the URL's host (an IP literal resolves without DNS).
-async fn resolve(url: &str) -> anyhow::Result<SocketAddr> {
+/// The URL's host (with its port) and path.
+fn host_and_path(url: &str) -> anyhow::Result<(String, String)> {
     let request = url.into_client_request()?;
     let host = request
         .uri()
         .authority()
         .map(|authority| authority.as_str().to_owned())
         .with_context(|| format!("{url} has no host"))?;
+    Ok((host, request.uri().path().to_owned()))
+}
+
+/// The address of the URL's host (an IP literal resolves without DNS).
+async fn resolve(url: &str) -> anyhow::Result<SocketAddr> {
+    let (host, _) = host_and_path(url)?;
     tokio::net::lookup_host(&host)
         .await?
         .next()
@@ -479,13 +485,8 @@ async fn connect(
     source: IpAddr,
     token: &str,
 ) -> anyhow::Result<Opened> {
-    let request = url.into_client_request()?;
-    let host = request
-        .uri()
-        .authority()
-        .map(|authority| authority.as_str().to_owned())
-        .with_context(|| format!("{url} has no host"))?;
-    let handshake = wire::Handshake::new(&host, request.uri().path(), token);
+    let (host, path) = host_and_path(url)?;
+    let handshake = wire::Handshake::new(&host, &path, token);
     let socket = if source.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {

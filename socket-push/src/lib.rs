@@ -228,10 +228,12 @@ async fn run_connection(
     // moment before `last_sent + period` would only re-arm itself and wake the task again.
     heartbeat.reset();
     let wakes = wakes::Wakes::default();
-    // From here on the fan-out may write frames straight into the socket (ADR 0022).
-    let direct = registration.direct.clone();
-    direct.open(sent_up_to, wakes.waker(wakes::Source::Flush));
-    let outcome = serve_frames(
+    // From here on the fan-out may write frames straight into the socket (ADR 0022); the
+    // path closes before any close frame, and in `serve_connection` once this returns.
+    registration
+        .direct
+        .open(sent_up_to, wakes.waker(wakes::Source::Flush));
+    serve_frames(
         &mut socket,
         caller,
         state,
@@ -240,9 +242,7 @@ async fn run_connection(
         heartbeat,
         last_sent,
     )
-    .await;
-    direct.close();
-    outcome
+    .await
 }
 
 /// The connection's life after `ready`: frames out and in, heartbeats, the kick.

@@ -137,6 +137,11 @@ async fn serve_connection(
     writer: Option<Arc<web::socket::Writer>>,
 ) {
     let user_id = caller.user_id;
+    // hyper has written the upgrade's response: from here on the connection writes WebSocket
+    // frames, and the writer keeps direct frames out of them and from after a close.
+    if let Some(writer) = &writer {
+        writer.watch_frames();
+    }
     let registration = state
         .hub
         .register(user_id, caller.claims.jti, caller.claims.sid, writer);

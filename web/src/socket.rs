@@ -8,6 +8,11 @@
 //! - [`Writer::try_write_whole`], which writes only while the connection's own writes are
 //!   not part way through a buffer (the last one was taken whole), and keeps whatever the
 //!   socket would not take, to be written before anything else.
+//!
+//! After an upgrade, [`Writer::watch_frames`] has the writer follow the WebSocket frames the
+//! connection writes itself: nothing from outside goes in the middle of one, nor after a close
+//! frame (RFC 6455 §5.5.1: no data frame after a close). tungstenite answers a client's close
+//! while it reads, before the connection's task learns of it; the writer sees that answer.
 
 use axum::extract::connect_info::Connected;
 use axum::serve::IncomingStream;
@@ -52,6 +57,7 @@ impl axum::serve::Listener for Listener {
                             half: write,
                             pending: Vec::new(),
                             part_way: false,
+                            frames: None,
                         }),
                     });
                     return (Connection { read, writer }, address);
@@ -123,6 +129,9 @@ impl AsyncWrite for Connection {
         // Taken in part: the caller's next write continues this one, and nothing else may
         // come between.
         state.part_way = written < buffer.len();
+        if let Some(frames) = &mut state.frames {
+            frames.follow(buffer.get(..written).unwrap_or(buffer));
+        }
         Poll::Ready(Ok(written))
     }
 
@@ -151,6 +160,74 @@ struct WriterState {
     pending: Vec<u8>,
     /// The connection's last write took only part of its buffer.
     part_way: bool,
+    /// The WebSocket frames the connection writes itself, once it has been upgraded.
+    frames: Option<Frames>,
+}
+
+/// Where the connection's own bytes stand in its WebSocket frames (server frames: unmasked,
+/// though a mask would be skipped as well).
+#[derive(Debug, Default)]
+struct Frames {
+    /// The header read so far of the next frame (at most 14 bytes).
+    header: Vec<u8>,
+    /// Payload bytes of the current frame still to come.
+    remaining: u64,
+    /// A close frame has been written: nothing may follow it.
+    closed: bool,
+}
+
+impl Frames {
+    fn follow(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            if self.remaining > 0 {
+                let skip = usize::try_from(self.remaining)
+                    .unwrap_or(usize::MAX)
+                    .min(bytes.len());
+                self.remaining -= skip as u64;
+                bytes = bytes.get(skip..).unwrap_or_default();
+                continue;
+            }
+            let Some((&byte, rest)) = bytes.split_first() else {
+                break;
+            };
+            self.header.push(byte);
+            bytes = rest;
+            if let Some(payload) = self.header_complete() {
+                if self.header.first().is_some_and(|first| first & 0x0f == 0x8) {
+                    self.closed = true;
+                }
+                self.header.clear();
+                self.remaining = payload;
+            }
+        }
+    }
+
+    /// The payload length once the header is whole.
+    fn header_complete(&self) -> Option<u64> {
+        let second = *self.header.get(1)?;
+        let mask = if second & 0x80 != 0 { 4 } else { 0 };
+        let (extended, length) = match second & 0x7f {
+            126 => (2, None),
+            127 => (8, None),
+            short => (0, Some(u64::from(short))),
+        };
+        if self.header.len() < 2 + extended + mask {
+            return None;
+        }
+        let length = length.unwrap_or_else(|| {
+            self.header
+                .get(2..2 + extended)
+                .unwrap_or_default()
+                .iter()
+                .fold(0u64, |length, byte| (length << 8) | u64::from(*byte))
+        });
+        Some(length)
+    }
+
+    /// Between two frames, and no close sent.
+    fn open_between_frames(&self) -> bool {
+        !self.closed && self.remaining == 0 && self.header.is_empty()
+    }
 }
 
 /// Frames up to this size are written from one buffer, larger ones from their parts.
@@ -176,13 +253,28 @@ impl Writer {
             .map_err(|_| io::Error::other("a socket writer's lock is poisoned"))
     }
 
+    /// From now on, follows the WebSocket frames the connection writes: called right after
+    /// the upgrade, between two frames (before the first).
+    pub fn watch_frames(&self) {
+        if let Ok(mut state) = self.lock() {
+            state.frames = Some(Frames::default());
+        }
+    }
+
     /// Writes `parts` (one whole frame) now, without waiting, if it may go out whole after
-    /// everything written before it.
+    /// everything written before it: not while the connection is part way through a write
+    /// or a frame of its own, while something is pending, or once it has written a close.
     pub fn try_write_whole(&self, parts: &[&[u8]]) -> WriteOutcome {
         let Ok(mut state) = self.lock() else {
             return WriteOutcome::NotWritten;
         };
-        if state.part_way || !state.pending.is_empty() {
+        if state.part_way
+            || !state.pending.is_empty()
+            || state
+                .frames
+                .as_ref()
+                .is_some_and(|frames| !frames.open_between_frames())
+        {
             return WriteOutcome::NotWritten;
         }
         let total: usize = parts.iter().map(|part| part.len()).sum();
@@ -278,6 +370,90 @@ mod tests {
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(&received, b"own-1;outside;own-2;");
+    }
+
+    /// A server frame: FIN, `opcode`, unmasked, with the length in the form its size needs.
+    fn server_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mut frame = vec![0x80 | opcode];
+        match payload.len() {
+            length @ 0..=125 => frame.push(length as u8),
+            length @ 126..=65_535 => {
+                frame.push(126);
+                frame.extend_from_slice(&(length as u16).to_be_bytes());
+            }
+            length => {
+                frame.push(127);
+                frame.extend_from_slice(&(length as u64).to_be_bytes());
+            }
+        }
+        frame.extend_from_slice(payload);
+        frame
+    }
+
+    #[test]
+    fn frames_are_followed_whatever_the_writes_cut_them_into() {
+        let mut stream = Vec::new();
+        let mut ends = Vec::new();
+        for (opcode, length) in [(0x1, 5), (0x9, 0), (0x1, 300), (0x2, 70_000), (0x1, 125)] {
+            stream.extend(server_frame(opcode, &vec![b'x'; length]));
+            ends.push(stream.len());
+        }
+        for cut in [1, 2, 3, 7, 126, 4096, stream.len()] {
+            let mut frames = Frames::default();
+            let mut at = 0;
+            for chunk in stream.chunks(cut) {
+                frames.follow(chunk);
+                at += chunk.len();
+                assert_eq!(
+                    frames.open_between_frames(),
+                    ends.contains(&at),
+                    "cut {cut}, after byte {at}"
+                );
+            }
+        }
+        let mut frames = Frames::default();
+        frames.follow(&server_frame(0x8, &1000u16.to_be_bytes()));
+        assert!(frames.closed && !frames.open_between_frames());
+    }
+
+    #[tokio::test]
+    async fn nothing_from_outside_goes_into_a_frame_of_the_connection_or_after_its_close() {
+        let (mut connection, writer, mut client) = pair().await;
+        writer.watch_frames();
+        let own = server_frame(0x1, b"own frame");
+        let (head, tail) = own.split_at(4);
+        let outside = server_frame(0x1, b"outside");
+        // The connection wrote half a frame (each write taken whole): not now.
+        connection
+            .write_all(head)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            writer.try_write_whole(&[&outside]),
+            WriteOutcome::NotWritten
+        );
+        connection
+            .write_all(tail)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(writer.try_write_whole(&[&outside]), WriteOutcome::Written);
+        // A close, as tungstenite answers a client's: nothing after it.
+        let close = server_frame(0x8, &1000u16.to_be_bytes());
+        connection
+            .write_all(&close)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            writer.try_write_whole(&[&outside]),
+            WriteOutcome::NotWritten
+        );
+        let expected = [own, outside, close].concat();
+        let mut received = vec![0; expected.len()];
+        client
+            .read_exact(&mut received)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(received, expected);
     }
 
     #[tokio::test]

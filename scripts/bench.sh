@@ -61,6 +61,11 @@ runs=(
   "direct-ws-5000|direct --pairs 500 --rate 5000 --seconds $seconds --transport ws"
   "idle-15000|idle --connections 15000 --users 100 --source-addresses 127.0.0.1,127.0.0.2,127.0.0.3,127.0.0.4 --server-pid $chatd_pid --hold-seconds $seconds"
 )
+# "median M ms (min–max A–B ms over N rounds)" of `loadgen calibrate`.
+calibration() {
+  ./target/release/loadgen calibrate --rounds "$1" --json "$out/calibrate.json" > /dev/null
+  python3 -c 'import json,sys; c=json.load(open(sys.argv[1])); print("median %.1f ms (%.1f–%.1f ms over %d rounds)" % (c["median_ms"], c["min_ms"], c["max_ms"], c["rounds"]))' "$out/calibrate.json"
+}
 report=docs/benchmarks-loadgen.md
 if [ -n "${BENCH_RUN:-}" ]; then
   runs=("$BENCH_RUN")
@@ -84,13 +89,20 @@ fi
   echo "the offered rate is never lowered). Sending lasted $seconds s per run. Before sending,"
   echo "loadgen reads and drops what setup pushed (presence of everyone coming online) until no"
   echo "socket has received anything for a second (\`--settle-seconds\`, at most 60 s)."
+  echo
+  echo "Machine speed: \`loadgen calibrate\` times a fixed single-threaded workload (JSON frames"
+  echo "parsed and written, integers sorted; lower is faster). This virtual machine's speed moves"
+  echo "by up to 1.6× within minutes, so each run below is framed by its own calibrations."
+  echo "Before the set: $(calibration 9)."
 } > "$report"
 for entry in "${runs[@]}"; do
   name=${entry%%|*}
   arguments=${entry#*|}
   echo "loadgen $arguments" >&2
+  speed=$(calibration 3)
   # shellcheck disable=SC2086
   ./target/release/loadgen --url "$url" --json "$out/$name.json" $arguments > "$out/$name.txt"
+  after=$(calibration 3)
   {
     echo
     echo "## $name"
@@ -99,7 +111,11 @@ for entry in "${runs[@]}"; do
     echo "loadgen --url $url $arguments"
     echo '```'
     echo
+    echo "Machine speed just before: $speed; just after: $after."
+    echo
     cat "$out/$name.txt"
   } >> "$report"
 done
+echo >> "$report"
+echo "Machine speed after the set: $(calibration 9)." >> "$report"
 echo "wrote $report" >&2

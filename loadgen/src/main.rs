@@ -13,6 +13,8 @@
 //!   duplicated.
 //! - `idle`: C quiet connections over several source addresses; the server's memory per
 //!   connection and idle CPU, then one broadcast to all of them.
+//! - `calibrate`: a fixed single-threaded workload timed, so figures of different days can be
+//!   compared (the machine's speed moves).
 //! - `rebuild`: N messages seeded over REST into K groups, then `chatd replay` (every read
 //!   model rebuilt from the event log and switched in) timed as a subprocess, in events/s
 //!   against the 100,000 events/s target; afterwards every group's history must still hold
@@ -30,6 +32,7 @@
 //! - `report`: the figures, as a table and as JSON.
 //! - `idle` and `rebuild`: those scenarios, each with its own figures.
 
+mod calibrate;
 mod idle;
 mod rebuild;
 mod report;
@@ -80,6 +83,8 @@ enum Scenario {
         #[command(flatten)]
         load: Load,
     },
+    /// Times a fixed single-threaded workload: how fast this machine is right now.
+    Calibrate(calibrate::Calibrate),
     /// A helper process of `idle --processes N` (reads its share on stdin).
     #[command(hide = true)]
     IdleWorker,
@@ -159,6 +164,14 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
     if let Scenario::IdleWorker = &cli.scenario {
         return idle::worker().await;
     }
+    if let Scenario::Calibrate(calibrate) = &cli.scenario {
+        let result = calibrate::run(calibrate);
+        println!("{}", result.table());
+        if let Some(path) = &cli.json {
+            std::fs::write(path, serde_json::to_vec_pretty(&result)?)?;
+        }
+        return Ok(());
+    }
     let api = setup::Api::new(&cli.url)?;
     if let Scenario::Idle(idle) = &cli.scenario {
         let result = idle::run(&api, idle).await?;
@@ -178,7 +191,7 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
         return Ok(());
     }
     let (name, load, mut world) = match &cli.scenario {
-        Scenario::IdleWorker => unreachable!("handled above"),
+        Scenario::IdleWorker | Scenario::Calibrate(_) => unreachable!("handled above"),
         Scenario::Direct { pairs, load } => (
             "direct",
             load.clone(),

@@ -61,6 +61,23 @@ runs=(
   "direct-ws-5000|direct --pairs 500 --rate 5000 --seconds $seconds --transport ws"
   "idle-15000|idle --connections 15000 --users 100 --source-addresses 127.0.0.1,127.0.0.2,127.0.0.3,127.0.0.4 --server-pid $chatd_pid --hold-seconds $seconds"
 )
+# The share of the box's CPU busy over one second, in percent.
+busy_percent() {
+  local before after
+  before=$(awk '/^cpu / {print $2+$3+$4+$7+$8, $5+$6}' /proc/stat)
+  sleep 1
+  after=$(awk '/^cpu / {print $2+$3+$4+$7+$8, $5+$6}' /proc/stat)
+  echo "$before $after" | awk '{busy=$3-$1; idle=$4-$2; print int(100*busy/(busy+idle+1))}'
+}
+# Waits (at most 60 s) until the box is quiet, under 10 % busy: a run that overloaded the
+# server leaves it working through its backlog for a while, and the next run (and a
+# calibration) would share the CPU with that.
+wait_quiet() {
+  for _ in $(seq 1 60); do
+    [ "$(busy_percent)" -lt 10 ] && return
+  done
+  echo "the box stayed busy for 60 s; going on" >&2
+}
 # "median M ms (min–max A–B ms over N rounds)" of `loadgen calibrate`.
 calibration() {
   ./target/release/loadgen calibrate --rounds "$1" --json "$out/calibrate.json" > /dev/null
@@ -92,17 +109,18 @@ fi
   echo
   echo "Machine speed: \`loadgen calibrate\` times a fixed single-threaded workload (JSON frames"
   echo "parsed and written, integers sorted; lower is faster). This virtual machine's speed moves"
-  echo "by up to 1.6× within minutes, so each run below is framed by its own calibrations."
+  echo "by up to 1.6× within minutes, so each run below starts with its own calibration, taken"
+  echo "once the box is quiet (under 10 % busy: the previous run's backlog worked off)."
   echo "Before the set: $(calibration 9)."
 } > "$report"
 for entry in "${runs[@]}"; do
   name=${entry%%|*}
   arguments=${entry#*|}
   echo "loadgen $arguments" >&2
+  wait_quiet
   speed=$(calibration 3)
   # shellcheck disable=SC2086
   ./target/release/loadgen --url "$url" --json "$out/$name.json" $arguments > "$out/$name.txt"
-  after=$(calibration 3)
   {
     echo
     echo "## $name"
@@ -111,11 +129,12 @@ for entry in "${runs[@]}"; do
     echo "loadgen --url $url $arguments"
     echo '```'
     echo
-    echo "Machine speed just before: $speed; just after: $after."
+    echo "Machine speed just before: $speed."
     echo
     cat "$out/$name.txt"
   } >> "$report"
 done
+wait_quiet
 echo >> "$report"
 echo "Machine speed after the set: $(calibration 9)." >> "$report"
 echo "wrote $report" >&2

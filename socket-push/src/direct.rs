@@ -58,6 +58,8 @@ struct State {
     last_frame: Option<Instant>,
     /// Wakes the task to write what the socket did not take of a direct frame.
     flush: Option<Waker>,
+    /// Frames written straight (whole or in part) so far.
+    written_straight: u64,
 }
 
 /// A full outbound queue: the connection is too slow.
@@ -124,6 +126,7 @@ impl Direct {
         if frame.cursor.is_some() {
             state.sent_up_to = frame.cursor;
         }
+        state.written_straight += 1;
         if outcome == WriteOutcome::Pending
             && let Some(flush) = &state.flush
         {
@@ -171,6 +174,15 @@ impl Direct {
     /// written.
     pub fn last_frame(&self) -> Option<Instant> {
         self.state.lock().ok().and_then(|state| state.last_frame)
+    }
+
+    /// How many frames the fan-out wrote straight into the socket (counted into
+    /// `chat_ws_frames_written_straight_total` when the connection ends).
+    pub fn written_straight(&self) -> u64 {
+        self.state
+            .lock()
+            .map(|state| state.written_straight)
+            .unwrap_or(0)
     }
 }
 

@@ -151,6 +151,8 @@ async fn serve_connection(
         tracing::debug!(%error, %connection_id, "websocket closed");
     }
     direct.close();
+    // Once per connection, not per frame: whether the fan-out's straight path is taken.
+    metrics::counter!("chat_ws_frames_written_straight_total").increment(direct.written_straight());
     state.hub.unregister(user_id, connection_id);
     let last_here = !state.hub.is_connected(user_id);
     if let Err(error) = Box::pin(

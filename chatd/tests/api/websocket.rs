@@ -1056,6 +1056,57 @@ async fn a_client_that_pauses_reading_gets_every_frame_whole_and_in_order() {
 }
 
 #[tokio::test]
+async fn a_quiet_connection_is_written_straight_and_its_frames_arrive() {
+    // The fan-out writes a frame for a connection that was quiet straight into its socket
+    // (ADR 0022), past the WebSocket frames the connection's task wrote before (its `ready`):
+    // the writer follows those, and would refuse every straight write if it lost its place.
+    // The count reaches /metrics when the connection ends.
+    let app = crate::helpers::spawn_app().await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let id = direct_conversation(&app, &alice, &bob).await;
+    let mut socket = connect(&app, &bob.access_token).await;
+    ready(&mut socket).await;
+    // Past the quiet time (100 ms), with nothing sent to bob meanwhile.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    post_messages(&app, &alice, &id, ["straight in".to_owned()]).await;
+    loop {
+        let event = next_event(&mut socket).await;
+        if event["event"] == "message.created" {
+            assert_eq!(event["data"]["body"], "straight in");
+            break;
+        }
+    }
+    socket
+        .close(None)
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let metrics = app
+            .get("/metrics", None, None)
+            .await
+            .text()
+            .await
+            .unwrap_or_default();
+        let straight = metrics
+            .lines()
+            .find(|line| line.starts_with("chat_ws_frames_written_straight_total "))
+            .and_then(|line| line.rsplit(' ').next())
+            .and_then(|count| count.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if straight >= 1.0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no frame was written straight into the quiet connection"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
 async fn a_push_router_that_crashes_mid_batch_pushes_each_event_once_in_order() {
     use bus::Processed;
     let roles = chatd::Roles {

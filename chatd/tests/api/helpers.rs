@@ -217,6 +217,15 @@ impl TestApp {
             .unwrap_or_else(|error| panic!("PATCH {path}: {error}"))
     }
 
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        self.get("/metrics", None, None)
+            .await
+            .text()
+            .await
+            .unwrap_or_default()
+    }
+
     /// A GET that waits for `consistency` (when given) before reading.
     pub async fn get(
         &self,

@@ -27,12 +27,7 @@ async fn health_readiness_and_metrics() {
     );
 
     app.register("metered").await;
-    let metrics = app
-        .get("/metrics", None, None)
-        .await
-        .text()
-        .await
-        .unwrap_or_default();
+    let metrics = app.metrics().await;
     for name in [
         "chat_http_requests_total",
         "chat_http_request_duration_seconds",

@@ -1083,13 +1083,9 @@ async fn a_quiet_connection_is_written_straight_and_its_frames_arrive() {
         .unwrap_or_else(|error| panic!("{error}"));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
-        let metrics = app
-            .get("/metrics", None, None)
+        let straight = app
+            .metrics()
             .await
-            .text()
-            .await
-            .unwrap_or_default();
-        let straight = metrics
             .lines()
             .find(|line| line.starts_with("chat_ws_frames_written_straight_total "))
             .and_then(|line| line.rsplit(' ').next())
